@@ -1,0 +1,92 @@
+"""The broker port: ephemeral run data that crosses processes.
+
+* per run, an ordered event log (`publish` / `subscribe`), replayable from an event id for
+  `RESUMABLE_STREAM_TTL_SECONDS`;
+* per run, a control channel: cancel signals (`interrupt` / `rollback`) for the worker holding it;
+* per thread, a notification when any run of it starts or ends (for `GET /threads/{id}/stream`);
+* a queue wake-up: "a run is ready", so idle workers claim at once instead of polling.
+
+Two implementations: `memory.MemoryBroker` (one process) and `redis.RedisBroker`.
+Both pass `tests/test_broker_conformance.py`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str  # monotonically increasing within a run; comparable via the broker
+    event: str  # SSE event name ("values", "updates|sub:1", "error", ...)
+    data: bytes  # compact JSON
+
+
+# Control event that marks the end of a run's stream; never sent to clients.
+DONE = "__done__"
+
+
+class Broker(ABC):
+    @abstractmethod
+    async def setup(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # ---- run event log ---------------------------------------------------------------------
+    @abstractmethod
+    async def publish(self, run_id: str, event: str, data: bytes) -> str:
+        """Append an event to the run's log; return its id."""
+
+    @abstractmethod
+    async def finish_stream(self, run_id: str) -> None:
+        """Append the DONE marker; subscribers end after it. The log expires after the TTL."""
+
+    @abstractmethod
+    def subscribe(
+        self, run_id: str, after: str | None = None, *, idle_secs: float = 5.0
+    ) -> AsyncIterator[Event | None]:
+        """Events of the run: when `after` is None, only those published from now on; when
+        `after` is "-1" or "0", all of the log; otherwise those after that id. Ends after DONE
+        (which is not yielded); if the log already ended, replays what `after` selects and
+        ends. Yields `None` after `idle_secs` without an event, so the caller can send a
+        heartbeat (or check whether the run is still alive)."""
+
+    @abstractmethod
+    async def stream_done(self, run_id: str) -> bool:
+        """True if the run's log has its DONE marker."""
+
+    # ---- control ---------------------------------------------------------------------------
+    @abstractmethod
+    async def send_control(self, run_id: str, action: str) -> None:
+        """Ask the worker running `run_id` to stop (`interrupt` or `rollback`). Kept until the
+        run ends, so a worker that claims the run later still sees it."""
+
+    @abstractmethod
+    async def get_control(self, run_id: str) -> str | None:
+        """The pending control action of a run, if any."""
+
+    @abstractmethod
+    async def watch_control(self, run_id: str, callback: Callable[[str], Awaitable[None] | None]) -> Callable[[], Awaitable[None]]:
+        """Call `callback(action)` when a control action arrives for the run. Returns an async
+        function that stops watching."""
+
+    # ---- thread notifications --------------------------------------------------------------
+    @abstractmethod
+    async def notify_thread(self, thread_id: str, run_id: str, what: str) -> None:
+        """`what` is "started" or "done"."""
+
+    @abstractmethod
+    def thread_events(self, thread_id: str) -> AsyncIterator[tuple[str, str]]:
+        """(run_id, what) notifications for the thread from now on."""
+
+    # ---- queue wake-ups --------------------------------------------------------------------
+    @abstractmethod
+    async def wake_workers(self) -> None:
+        """Tell every worker that runs may be ready."""
+
+    @abstractmethod
+    async def wait_for_wake(self, timeout: float) -> bool:
+        """Block until a wake-up arrives (True) or the timeout passes (False)."""

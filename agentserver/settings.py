@@ -1,0 +1,138 @@
+"""Every setting of the server, parsed once from the environment, typed and documented.
+
+`docs/configuration.md` lists the same variables; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, lo: int | None = None, hi: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if lo is not None and value < lo:
+        raise SettingsError(f"{name} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise SettingsError(f"{name} must be <= {hi}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, lo: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < lo:
+        raise SettingsError(f"{name} must be >= {lo}, got {value}")
+    return value
+
+
+def _first(env: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = env.get(name)
+        if value:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    # queue / worker
+    n_jobs_per_worker: int = 10
+    bg_job_timeout_secs: float = 86400.0
+    bg_job_max_retries: int = 3
+    bg_job_shutdown_grace_period_secs: int = 180
+    bg_job_isolated_loops: bool = False
+    bg_job_lease_secs: float = 6.0
+    bg_job_sweep_secs: float = 2.0
+    queue_enabled: bool = False
+    # streams
+    resumable_stream_ttl_seconds: int = 120
+    stream_heartbeat_secs: float = 5.0
+    # postgres
+    postgres_uri: str | None = None
+    postgres_pool_max_size: int = 150
+    # redis
+    redis_uri: str | None = None
+    redis_key_prefix: str = ""
+    redis_max_connections: int = 2000
+    redis_cluster: bool = False
+    # http
+    cors_allow_origins: tuple[str, ...] = ("*",)
+    mount_prefix: str = ""
+    # ttl sweeper
+    thread_ttl_sweep_secs: float = 60.0
+    # logging
+    log_level: str = "INFO"
+    log_json: bool = False
+    log_color: bool = True
+    # webhooks
+    webhook_timeout_secs: float = 10.0
+    webhook_max_retries: int = 3
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        origins = env.get("CORS_ALLOW_ORIGINS", "*").strip() or "*"
+        prefix = env.get("MOUNT_PREFIX", "").strip().rstrip("/")
+        if prefix and not prefix.startswith("/"):
+            raise SettingsError(f"MOUNT_PREFIX must start with '/', got {prefix!r}")
+        return cls(
+            n_jobs_per_worker=_int(env, "N_JOBS_PER_WORKER", 10, lo=1),
+            bg_job_timeout_secs=_float(env, "BG_JOB_TIMEOUT_SECS", 86400.0, lo=0.001),
+            bg_job_max_retries=_int(env, "BG_JOB_MAX_RETRIES", 3, lo=0),
+            bg_job_shutdown_grace_period_secs=_int(
+                env, "BG_JOB_SHUTDOWN_GRACE_PERIOD_SECS", 180, lo=0, hi=3600
+            ),
+            bg_job_isolated_loops=_bool(env, "BG_JOB_ISOLATED_LOOPS", False),
+            bg_job_lease_secs=_float(env, "BG_JOB_LEASE_SECS", 6.0, lo=0.5),
+            bg_job_sweep_secs=_float(env, "BG_JOB_SWEEP_SECS", 2.0, lo=0.05),
+            queue_enabled=_bool(env, "QUEUE_ENABLED", False),
+            resumable_stream_ttl_seconds=_int(env, "RESUMABLE_STREAM_TTL_SECONDS", 120, lo=1),
+            stream_heartbeat_secs=_float(env, "STREAM_HEARTBEAT_SECS", 5.0, lo=0.05),
+            postgres_uri=_first(env, "POSTGRES_URI_CUSTOM", "DATABASE_URI", "POSTGRES_URI"),
+            postgres_pool_max_size=_int(env, "LANGGRAPH_POSTGRES_POOL_MAX_SIZE", 150, lo=1),
+            redis_uri=_first(env, "REDIS_URI_CUSTOM", "REDIS_URI"),
+            redis_key_prefix=env.get("REDIS_KEY_PREFIX", ""),
+            redis_max_connections=_int(env, "REDIS_MAX_CONNECTIONS", 2000, lo=1),
+            redis_cluster=_bool(env, "REDIS_CLUSTER", False),
+            cors_allow_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
+            mount_prefix=prefix,
+            thread_ttl_sweep_secs=_float(env, "THREAD_TTL_SWEEP_SECS", 60.0, lo=0.1),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            log_json=_bool(env, "LOG_JSON", False),
+            log_color=_bool(env, "LOG_COLOR", True),
+            webhook_timeout_secs=_float(env, "WEBHOOK_TIMEOUT_SECS", 10.0, lo=0.1),
+            webhook_max_retries=_int(env, "WEBHOOK_MAX_RETRIES", 3, lo=0),
+        )
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
