@@ -103,6 +103,23 @@ class Storage(ABC):
     def store(self) -> BaseStore:
         """The LangGraph long-term memory store on the same database."""
 
+    async def checkpoint_barrier(self) -> None:
+        """Return once every checkpoint written so far is durable. The server awaits it before
+        acknowledging a run's end or a state update. Write-through checkpointers need nothing."""
+        flush = getattr(self.checkpointer, "flush", None)
+        if flush is not None:
+            await flush()
+
+    async def open_loop_resources(self, pool_size: int):
+        """For BG_JOB_ISOLATED_LOOPS: called on a job loop; return (checkpointer, store, aclose)
+        usable from that loop. Implementations whose checkpointer is bound to one event loop
+        (Postgres) open a pool of `pool_size` connections for it."""
+
+        async def aclose() -> None:
+            return None
+
+        return self.checkpointer, self.store, aclose
+
     # ---- assistants ------------------------------------------------------------------------
     @abstractmethod
     async def assistant_create(self, assistant: Record, *, if_exists: str = "raise") -> Record:
@@ -199,12 +216,15 @@ class Storage(ABC):
         """Pending and/or running runs (status: pending | running | all)."""
 
     @abstractmethod
-    async def claim_runs(self, worker_id: str, limit: int, lease_secs: float) -> list[Claimed]:
+    async def claim_runs(
+        self, worker_id: str, limit: int, lease_secs: float, max_attempts: int
+    ) -> list[Claimed]:
         """Claim up to `limit` runs, oldest first: pending runs whose `available_at` has come,
-        and running runs whose lease expired (their worker died), skipping any run of a thread
-        that has another live running run. Each claimed run turns `running`, `attempt + 1`,
-        gets a new lease id and an expiry. Runs past `max_attempts` are not claimed but failed
-        (status `error`) by `fail_exhausted`."""
+        and running runs whose lease expired (their worker died) with `attempt < max_attempts`.
+        Only the oldest in-flight run of each thread may be claimed (per-thread FIFO), and never
+        while another run of that thread holds a live lease. Each claimed run turns `running`,
+        `attempt + 1`, gets a new `lease_id`, `lease_owner = worker_id` and
+        `lease_expires_at = now + lease_secs`. Safe under concurrent callers (other processes)."""
 
     @abstractmethod
     async def renew_leases(self, worker_id: str, lease_ids: Sequence[str], lease_secs: float) -> set[str]:

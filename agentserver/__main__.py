@@ -1,0 +1,3 @@
+from agentserver.cli import main
+
+main()

@@ -1,0 +1,62 @@
+"""Map every failure to a JSON `{"detail": ...}` body with a fitting status; never a bare 500."""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agentserver.api.responses import JSON
+from agentserver.errors import AgentServerError
+
+log = structlog.get_logger(__name__)
+
+
+def _loc(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) if parts else "body"
+
+
+def describe_validation(exc: RequestValidationError) -> str:
+    messages = []
+    for err in exc.errors():
+        kind = err.get("type", "")
+        where = _loc(tuple(err.get("loc", ())))
+        if kind == "json_invalid":
+            messages.append(f"Request body is not valid JSON: {err.get('ctx', {}).get('error', '')}".rstrip(": "))
+        elif kind == "missing":
+            messages.append(f"{where}: field required")
+        else:
+            messages.append(f"{where}: {err.get('msg', 'invalid value')}")
+    return "; ".join(messages) or "Invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(AgentServerError)
+    async def _domain(_: Request, exc: AgentServerError) -> JSON:
+        return JSON({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSON:
+        return JSON({"detail": describe_validation(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSON:
+        return JSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def _json(_: Request, exc: json.JSONDecodeError) -> JSON:
+        return JSON({"detail": f"Request body is not valid JSON: {exc.msg}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSON:
+        from agentserver.errors import Unavailable
+        from agentserver.storage.errors import is_unavailable
+
+        if isinstance(exc, Unavailable) or is_unavailable(exc):
+            return JSON({"detail": "Service temporarily unavailable, retry shortly"}, status_code=503)
+        log.exception("unhandled error", path=request.url.path)
+        return JSON({"detail": f"Internal error: {type(exc).__name__}"}, status_code=500)

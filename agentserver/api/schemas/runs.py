@@ -1,0 +1,81 @@
+"""Request bodies of the run endpoints (WIRE.md "Creating runs")."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+StreamMode = Literal[
+    "values", "updates", "messages", "messages-tuple", "events", "debug", "custom", "tasks",
+    "checkpoints",
+]
+MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
+
+
+class CheckpointRef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    thread_id: str | None = None
+    checkpoint_ns: str = ""
+    checkpoint_id: str | None = None
+    checkpoint_map: dict[str, Any] | None = None
+
+
+class Command(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    resume: Any = None
+    update: Any = None
+    goto: Any = None
+
+
+class RunCreate(BaseModel):
+    """Create a run on a thread (or on a new temporary thread for stateless runs)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    assistant_id: str = Field(description="Assistant id, or a graph id (its system assistant).")
+    input: Any = None
+    command: Command | None = None
+    checkpoint: CheckpointRef | None = None
+    checkpoint_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    webhook: str | None = None
+    interrupt_before: Union[Literal["*"], list[str], None] = None
+    interrupt_after: Union[Literal["*"], list[str], None] = None
+    stream_mode: Union[StreamMode, list[StreamMode]] = Field(default_factory=lambda: ["values"])
+    stream_subgraphs: bool = False
+    stream_resumable: bool = False
+    feedback_keys: list[str] | None = None
+    on_disconnect: Literal["cancel", "continue"] = "continue"
+    on_completion: Literal["delete", "keep"] | None = None
+    multitask_strategy: MultitaskStrategy = "enqueue"
+    if_not_exists: Literal["create", "reject"] = "reject"
+    after_seconds: float | None = Field(default=None, ge=0)
+    durability: Literal["sync", "async", "exit"] | None = None
+    checkpoint_during: bool | None = None
+
+    @field_validator("stream_mode", mode="after")
+    @classmethod
+    def _modes(cls, v):
+        modes = [v] if isinstance(v, str) else list(v)
+        seen: list[str] = []
+        for m in modes:
+            if m not in seen:
+                seen.append(m)
+        return seen or ["values"]
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, v):
+        if v is not None and not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("webhook must be an http(s) URL")
+        return v
+
+
+class RunCancelMany(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    thread_id: str | None = None
+    run_ids: list[str] | None = None
+    status: Literal["pending", "running", "all"] | None = None

@@ -1,0 +1,342 @@
+"""Runs: creation with the multitask rules, cancellation, joining and streaming.
+
+A run is stored before anything executes it; workers (`agentserver.worker`) claim it from the
+storage queue. This service never runs a graph: it talks to storage (durable records) and the
+broker (the run's event log, control signals, wake-ups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import structlog
+
+from agentserver import __version__
+from agentserver.broker.base import Event
+from agentserver.errors import Conflict, InvalidInput, NotFound
+from agentserver.storage.base import INFLIGHT, Record, RunEnd
+from agentserver.utils import dumps, loads, now, uuid7
+
+if TYPE_CHECKING:
+    from agentserver.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+# Internal event carrying a run's outcome; published last, never sent to clients.
+RESULT_EVENT = "__result__"
+
+KWARG_KEYS = (
+    "input", "command", "config", "context", "stream_mode", "interrupt_before", "interrupt_after",
+    "webhook", "feedback_keys", "temporary", "subgraphs", "resumable", "durability",
+    "on_disconnect", "checkpoint_id",
+)
+
+
+@dataclass
+class CreatedRun:
+    run: Record
+    thread_id: str
+    stateless: bool
+
+
+def _merge_config(base: dict | None, override: dict | None) -> dict:
+    base = dict(base or {})
+    override = override or {}
+    out = {**base, **{k: v for k, v in override.items() if k != "configurable"}}
+    out["configurable"] = {**(base.get("configurable") or {}), **(override.get("configurable") or {})}
+    if base.get("tags") or override.get("tags"):
+        out["tags"] = list(dict.fromkeys([*(base.get("tags") or []), *(override.get("tags") or [])]))
+    return out
+
+
+def wait_body(result: dict | None, thread: Record | None) -> Any:
+    """The JSON body of /wait and /join for a finished run (WIRE.md "/runs/wait and /join")."""
+    if result is not None:
+        if result.get("status") in ("error", "timeout"):
+            return {"__error__": result.get("error")}
+        return result.get("values")
+    if thread is None:
+        return None
+    if thread.get("status") == "error" and thread.get("error"):
+        return {"__error__": thread["error"]}
+    values = thread.get("values")
+    interrupts = thread.get("interrupts") or {}
+    if interrupts and isinstance(values, dict):
+        return {**values, "__interrupt__": [i for group in interrupts.values() for i in group]}
+    return values
+
+
+class RunService:
+    def __init__(self, rt: "Runtime") -> None:
+        self.rt = rt
+        self.storage = rt.storage
+        self.broker = rt.broker
+        self.settings = rt.settings
+        self._tasks: set[asyncio.Task] = set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def spawn(self, coro) -> None:
+        """Run a background chore (webhook, cleanup) owned by this service."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def delete_temporary_thread(self, thread_id: str) -> None:
+        """Stateless runs with on_completion=delete: their thread and checkpoints go at the end."""
+        try:
+            await self.storage.thread_delete(thread_id)
+            await self.storage.checkpointer.adelete_thread(thread_id)
+        except Exception as exc:  # noqa: BLE001 - the TTL sweeper is not involved; log and go on
+            log.warning("could not delete temporary thread", thread_id=thread_id, error=repr(exc))
+
+    # ---- create ----------------------------------------------------------------------------
+    async def create(self, thread_id: str | None, body, *, headers: dict | None = None) -> CreatedRun:
+        """Validate and store a run (pending), apply the multitask strategy, wake a worker."""
+        stateless = thread_id is None
+        try:
+            assistant = await self.rt.services.assistants.get(body.assistant_id)
+        except NotFound:
+            raise InvalidInput(f"Assistant '{body.assistant_id}' not found") from None
+        if body.command is not None and body.input is not None:
+            raise InvalidInput("Provide either input or command, not both")
+        run_id = uuid7()
+        if stateless:
+            thread_id = uuid7()
+        graph_id = assistant["graph_id"]
+        assistant_id = assistant["assistant_id"]
+
+        config = _merge_config(assistant.get("config"), body.config)
+        checkpoint_id = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+        configurable = config["configurable"]
+        configurable.update(
+            {
+                "run_id": run_id,
+                "thread_id": thread_id,
+                "graph_id": graph_id,
+                "assistant_id": assistant_id,
+                "user_id": configurable.get("user_id", ""),
+            }
+        )
+        if checkpoint_id:
+            configurable["checkpoint_id"] = checkpoint_id
+        if body.checkpoint is not None and body.checkpoint.checkpoint_ns:
+            configurable["checkpoint_ns"] = body.checkpoint.checkpoint_ns
+        metadata = dict(body.metadata or {})
+        config["metadata"] = {
+            **(config.get("metadata") or {}),
+            **metadata,
+            "run_id": run_id,
+            "thread_id": thread_id,
+            "graph_id": graph_id,
+            "assistant_id": assistant_id,
+            "langgraph_api_version": __version__,
+        }
+        context = {**(assistant.get("context") or {}), **(body.context or {})}
+        on_completion = body.on_completion or ("delete" if stateless else "keep")
+        durability = body.durability or ("sync" if body.checkpoint_during else "async")
+        kwargs = {
+            "input": body.input,
+            "command": body.command.model_dump() if body.command is not None else None,
+            "config": config,
+            "context": context or None,
+            "stream_mode": body.stream_mode,
+            "interrupt_before": body.interrupt_before,
+            "interrupt_after": body.interrupt_after,
+            "webhook": body.webhook,
+            "feedback_keys": body.feedback_keys,
+            "temporary": stateless and on_completion == "delete",
+            "subgraphs": body.stream_subgraphs,
+            "resumable": body.stream_resumable,
+            "durability": durability,
+            "on_disconnect": body.on_disconnect,
+            "checkpoint_id": checkpoint_id,
+        }
+        created = now()
+        run = {
+            "run_id": run_id,
+            "thread_id": thread_id,
+            "assistant_id": assistant_id,
+            "metadata": metadata,
+            "status": "pending",
+            "kwargs": kwargs,
+            "multitask_strategy": body.multitask_strategy,
+            "created_at": created,
+            "updated_at": created,
+            "attempt": 0,
+            "available_at": created + timedelta(seconds=body.after_seconds or 0),
+        }
+        thread = {
+            "thread_id": thread_id,
+            "metadata": {"graph_id": graph_id, "assistant_id": assistant_id},
+            "config": {},
+            "status": "busy",
+            "values": None,
+            "interrupts": {},
+            "ttl": None,
+        }
+        result = await self.storage.run_create(
+            run,
+            thread=thread,
+            if_not_exists="create" if stateless else body.if_not_exists,
+            multitask_strategy=body.multitask_strategy,
+        )
+        for other in result.to_cancel:
+            await self._cancel_one(other, body.multitask_strategy)
+        await self.broker.wake_workers()
+        await self.broker.notify_thread(thread_id, run_id, "created")
+        return CreatedRun(result.run, thread_id, stateless)
+
+    # ---- read / delete ---------------------------------------------------------------------
+    async def get(self, thread_id: str | None, run_id: str) -> Record:
+        run = await self.storage.run_get(run_id, thread_id)
+        if run is None:
+            raise NotFound(f"Run '{run_id}' not found")
+        return run
+
+    async def require_thread(self, thread_id: str) -> Record:
+        thread = await self.storage.thread_get(thread_id)
+        if thread is None:
+            raise NotFound(f"Thread '{thread_id}' not found")
+        return thread
+
+    async def list(self, thread_id: str, *, status: str | None, limit: int, offset: int) -> list[Record]:
+        await self.require_thread(thread_id)
+        return await self.storage.run_list(thread_id, status=status, limit=limit, offset=offset)
+
+    async def delete(self, thread_id: str, run_id: str) -> None:
+        run = await self.get(thread_id, run_id)
+        if run["status"] in INFLIGHT:
+            raise Conflict(f"Run '{run_id}' is {run['status']}; cancel it before deleting it")
+        await self.storage.run_delete(run_id, thread_id)
+
+    # ---- cancel ----------------------------------------------------------------------------
+    async def cancel(self, thread_id: str | None, run_id: str, action: str = "interrupt") -> Record:
+        run = await self.get(thread_id, run_id)
+        if run["status"] not in INFLIGHT:
+            raise Conflict(f"Run '{run_id}' is already {run['status']}; nothing to cancel")
+        await self._cancel_one(run, action)
+        return run
+
+    async def cancel_many(self, *, thread_id: str | None, run_ids: list[str] | None, status: str | None) -> int:
+        if run_ids:
+            runs = [r for r in (await self.storage.run_inflight(thread_id=thread_id)) if r["run_id"] in set(run_ids)]
+            if not runs:
+                raise NotFound("No pending or running runs match")
+        else:
+            runs = await self.storage.run_inflight(thread_id=thread_id, status=status or "all")
+        for run in runs:
+            await self._cancel_one(run, "interrupt")
+        return len(runs)
+
+    async def _cancel_one(self, run: Record, action: str) -> None:
+        """Pending runs end at once; running runs get a control signal their worker obeys."""
+        action = "rollback" if action == "rollback" else "interrupt"
+        run_id = run["run_id"]
+        await self.broker.send_control(run_id, action)
+        if run["status"] == "pending":
+            ended = await self.storage.run_finish(
+                run_id,
+                None,
+                RunEnd(status="interrupted", thread_status=await self._resting_status(run), delete_run=action == "rollback"),
+            )
+            if ended:
+                await self.broker.publish(run_id, RESULT_EVENT, dumps({"status": "interrupted", "values": None}))
+                await self.broker.finish_stream(run_id)
+                await self.broker.notify_thread(run["thread_id"], run_id, "done")
+                if run["kwargs"].get("temporary"):
+                    self.spawn(self.delete_temporary_thread(run["thread_id"]))
+
+    async def _resting_status(self, run: Record) -> str:
+        thread = await self.storage.thread_get(run["thread_id"])
+        if thread is None:
+            return "idle"
+        if thread.get("interrupts"):
+            return "interrupted"
+        return "error" if thread.get("error") else "idle"
+
+    # ---- join / stream ---------------------------------------------------------------------
+    async def wait_result(self, run_id: str, thread_id: str | None) -> Any:
+        """Block until the run is done; the /wait and /join body."""
+        result: dict | None = None
+        async for event in self.broker.subscribe(run_id, after="0", idle_secs=self.settings.bg_job_sweep_secs):
+            if event is None:
+                if await self._log_gone(run_id, thread_id):
+                    break
+                continue
+            if event.event == RESULT_EVENT:
+                result = loads(event.data)
+        thread = await self.storage.thread_get(thread_id) if thread_id else None
+        return wait_body(result, thread)
+
+    async def _log_gone(self, run_id: str, thread_id: str | None) -> bool:
+        """True when the run is over but its event log will never end (expired, or lost)."""
+        run = await self.storage.run_get(run_id, thread_id)
+        if run is not None and run["status"] in INFLIGHT:
+            return False
+        return not await self.broker.stream_done(run_id)
+
+    async def events(
+        self,
+        run_id: str,
+        thread_id: str | None,
+        *,
+        after: str | None,
+        modes: list[str] | None = None,
+    ) -> AsyncIterator[Event | None]:
+        """The run's client-visible events (internal ones filtered), None on idle (heartbeat).
+        Ends when the run's log ends, or when the run is over and its log is gone."""
+        async for event in self.broker.subscribe(run_id, after=after, idle_secs=self.settings.stream_heartbeat_secs):
+            if event is None:
+                if await self._log_gone(run_id, thread_id):
+                    return
+                yield None
+                continue
+            if event.event.startswith("__"):
+                continue
+            if modes and event.event not in ("error", "metadata"):
+                base = event.event.split("|", 1)[0].split("/", 1)[0]
+                if base not in modes and not (base == "messages" and "messages-tuple" in modes):
+                    continue
+            yield event
+
+    async def join_thread(
+        self, thread_id: str, *, modes: list[str] | None
+    ) -> AsyncIterator[tuple[str, Event | None]]:
+        """Every run of a thread, one after another, from now on: (run_id, event) pairs;
+        ("", None) on idle; (run_id, None) after each run ends."""
+        wake = asyncio.Event()
+
+        async def pump() -> None:
+            async for _ in self.broker.thread_events(thread_id):
+                wake.set()
+
+        pumper = asyncio.create_task(pump())
+        seen: set[str] = set()
+        try:
+            while True:
+                wake.clear()
+                inflight = await self.storage.run_inflight(thread_id=thread_id)
+                fresh = sorted(
+                    (r for r in inflight if r["run_id"] not in seen),
+                    key=lambda r: (r["created_at"], r["run_id"]),
+                )
+                if not fresh:
+                    try:
+                        await asyncio.wait_for(wake.wait(), self.settings.stream_heartbeat_secs)
+                    except asyncio.TimeoutError:
+                        yield "", None
+                    continue
+                run = fresh[0]
+                seen.add(run["run_id"])
+                async for event in self.events(run["run_id"], thread_id, after="0", modes=modes):
+                    yield run["run_id"], event
+                yield run["run_id"], None
+        finally:
+            pumper.cancel()

@@ -1,0 +1,172 @@
+"""One claimed run, from claim to end: control signals, timeout, retries, the run's end."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from agentserver.errors import Unavailable
+from agentserver.storage.base import Claimed, RunEnd
+from agentserver.storage.errors import is_unavailable
+from agentserver.utils import dumps
+from agentserver.worker.webhook import send_webhook
+
+if TYPE_CHECKING:
+    from agentserver.worker.worker import Worker
+
+log = structlog.get_logger(__name__)
+
+
+class Job:
+    def __init__(self, worker: "Worker", claimed: Claimed) -> None:
+        self.worker = worker
+        self.rt = worker.rt
+        self.run_record = claimed.run
+        self.run_id: str = claimed.run["run_id"]
+        self.thread_id: str = claimed.run["thread_id"]
+        self.lease_id = claimed.lease_id
+        self.attempt = claimed.attempt
+        self.task: asyncio.Task | None = None
+        self.exec_task: asyncio.Future | None = None
+        self.abort_reason: str | None = None  # interrupt | rollback | lost_lease | shutdown
+
+    # ---- control ---------------------------------------------------------------------------
+    def abort(self, reason: str) -> None:
+        """Stop executing the graph; `run()` then ends the run according to `reason`."""
+        if self.abort_reason in ("lost_lease",):
+            return
+        self.abort_reason = reason
+        if self.exec_task is not None and not self.exec_task.done():
+            self.exec_task.cancel()
+
+    def _on_control(self, action: str) -> None:
+        self.abort("rollback" if action == "rollback" else "interrupt")
+
+    # ---- the run ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        rt = self.rt
+        log_ = log.bind(run_id=self.run_id, thread_id=self.thread_id, attempt=self.attempt)
+        unwatch = None
+        outcome: tuple[str, Any] = ("success", None)
+        try:
+            pending = await rt.broker.get_control(self.run_id)
+            if pending:
+                self.abort_reason = "rollback" if pending == "rollback" else "interrupt"
+            else:
+                unwatch = await rt.broker.watch_control(self.run_id, self._on_control)
+                await rt.broker.notify_thread(self.thread_id, self.run_id, "started")
+                self.exec_task = self._start_execution()
+                try:
+                    async with asyncio.timeout(self.worker.settings.bg_job_timeout_secs):
+                        await asyncio.shield(self.exec_task)
+                except TimeoutError:
+                    self.exec_task.cancel()
+                    await asyncio.gather(self.exec_task, return_exceptions=True)
+                    outcome = ("timeout", None)
+        except asyncio.CancelledError:
+            # the job task itself was cancelled (shutdown past the grace period)
+            if self.exec_task is not None:
+                self.exec_task.cancel()
+                await asyncio.gather(self.exec_task, return_exceptions=True)
+            if self.abort_reason is None:
+                self.abort_reason = "shutdown"
+        except Exception as exc:  # noqa: BLE001 - every failure ends the run
+            outcome = ("error", exc)
+        finally:
+            if unwatch is not None:
+                try:
+                    await unwatch()
+                except Exception:  # noqa: BLE001
+                    pass
+        if outcome[0] == "success" and self.exec_task is not None and self.exec_task.done():
+            if self.exec_task.cancelled():
+                self.abort_reason = self.abort_reason or "shutdown"
+            elif self.exec_task.exception() is not None:
+                outcome = ("error", self.exec_task.exception())
+        try:
+            await asyncio.shield(self._end(outcome, log_))
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the lease expires and another worker retries
+            log_.error("could not record the end of the run", error=repr(exc))
+
+    def _start_execution(self) -> asyncio.Future:
+        from agentserver.worker.execution import execute
+
+        loops = self.worker.loops
+        if loops is None:
+            return asyncio.ensure_future(execute(self.rt, self.run_record, self.attempt, self.rt.broker.publish))
+        return loops.submit(self.rt, self.run_record, self.attempt)
+
+    async def _end(self, outcome: tuple[str, Any], log_) -> None:
+        from agentserver.services.runs import RESULT_EVENT
+        from agentserver.worker.execution import error_payload, read_final_state
+
+        rt = self.rt
+        storage, broker = rt.storage, rt.broker
+        kind, exc = outcome
+        reason = self.abort_reason
+        if reason == "lost_lease":
+            log_.warning("lease lost: another worker owns this run now")
+            return
+        retriable = reason == "shutdown" or (kind == "error" and (isinstance(exc, Unavailable) or is_unavailable(exc)))
+        if retriable and self.attempt < self.worker.max_attempts:
+            log_.info("requeueing run", reason=reason or repr(exc))
+            await storage.run_requeue(self.run_id, self.lease_id, delay_secs=0 if reason == "shutdown" else 0.5)
+            await broker.wake_workers()
+            return
+
+        if reason == "rollback":
+            await storage.checkpointer.adelete_for_runs([self.run_id])
+        values, interrupts, has_next = await read_final_state(rt, self.run_record)
+        await storage.checkpoint_barrier()
+        error = None
+        if reason in ("interrupt", "rollback"):
+            end = RunEnd(
+                status="interrupted",
+                values=values,
+                interrupts=interrupts,
+                thread_status="interrupted" if has_next else "idle",
+                delete_run=reason == "rollback",
+            )
+        elif kind == "timeout" or kind == "error" or retriable:
+            if kind == "timeout":
+                error = {"error": "TimeoutError", "message": f"Run timed out after {self.worker.settings.bg_job_timeout_secs:g}s"}
+            else:
+                error = error_payload(exc) if exc is not None else {"error": "RetriesExhausted", "message": "Run was interrupted too many times"}
+            await broker.publish(self.run_id, "error", dumps(error))
+            end = RunEnd(
+                status="timeout" if kind == "timeout" else "error",
+                values=values,
+                interrupts=interrupts,
+                thread_status="error",
+                error=error,
+            )
+        else:
+            end = RunEnd(
+                status="success",
+                values=values,
+                interrupts=interrupts,
+                thread_status="interrupted" if has_next else "idle",
+            )
+        if not await storage.run_finish(self.run_id, self.lease_id, end):
+            log_.warning("lease lost before the run's end was recorded")
+            return
+        log_.info("run ended", status=end.status)
+        result_values = values
+        if interrupts and isinstance(values, dict):
+            result_values = {**values, "__interrupt__": [i for group in interrupts.values() for i in group]}
+        await broker.publish(
+            self.run_id, RESULT_EVENT, dumps({"status": end.status, "values": result_values, "error": error})
+        )
+        await broker.finish_stream(self.run_id)
+        await broker.notify_thread(self.thread_id, self.run_id, "done")
+        kwargs = self.run_record["kwargs"]
+        if kwargs.get("temporary"):
+            await rt.services.runs.delete_temporary_thread(self.thread_id)
+        if kwargs.get("webhook"):
+            rt.services.runs.spawn(
+                send_webhook(rt.settings, kwargs["webhook"], self.run_record, end, result_values)
+            )

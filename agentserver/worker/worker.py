@@ -1,0 +1,171 @@
+"""The claim loop: slots, leases, heartbeats, wake-ups, graceful shutdown.
+
+One `Worker` per process that executes runs. It holds `N_JOBS_PER_WORKER` slots and never claims
+more runs than it has free slots. It wakes when the broker says runs are ready, when one of its
+own jobs ends (a slot frees up), when a delayed run comes due, and on a slow safety sweep
+(`BG_JOB_SWEEP_SECS`) that also reclaims runs whose worker died (expired leases).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import TYPE_CHECKING
+
+import structlog
+
+from agentserver.storage.base import Claimed
+from agentserver.utils import now, uuid7
+from agentserver.worker.job import Job
+from agentserver.worker.loops import LoopPool
+
+if TYPE_CHECKING:
+    from agentserver.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+class Worker:
+    def __init__(self, rt: "Runtime") -> None:
+        self.rt = rt
+        self.settings = rt.settings
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid7()[-8:]}"
+        self.slots = self.settings.n_jobs_per_worker
+        self.jobs: dict[str, Job] = {}  # lease_id -> job
+        self._kick = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task] = []
+        self.loops: LoopPool | None = None
+
+    @property
+    def max_attempts(self) -> int:
+        return self.settings.bg_job_max_retries + 1
+
+    async def start(self) -> None:
+        if self.settings.bg_job_isolated_loops:
+            self.loops = LoopPool(self.rt, self.slots)
+            await self.loops.start()
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="worker-claim"),
+            asyncio.create_task(self._wake_listener(), name="worker-wake"),
+            asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
+        ]
+        log.info("worker started", worker_id=self.id, slots=self.slots,
+                 isolated_loops=self.settings.bg_job_isolated_loops)
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def stop(self) -> None:
+        """Stop claiming; give running jobs BG_JOB_SHUTDOWN_GRACE_PERIOD_SECS to finish, then
+        interrupt the rest and put them back in the queue for another worker."""
+        self._stopping = True
+        self._kick.set()
+        claim = self._tasks[0] if self._tasks else None
+        if claim is not None:
+            claim.cancel()
+            await asyncio.gather(claim, return_exceptions=True)
+        running = [job.task for job in self.jobs.values() if job.task is not None]
+        if running:
+            log.info("draining jobs", count=len(running),
+                     grace_secs=self.settings.bg_job_shutdown_grace_period_secs)
+            done, pending = await asyncio.wait(running, timeout=self.settings.bg_job_shutdown_grace_period_secs)
+            for job in list(self.jobs.values()):
+                if job.task in pending:
+                    job.abort("shutdown")
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        if self.loops is not None:
+            await self.loops.stop()
+
+    # ---- loops -----------------------------------------------------------------------------
+    async def _wake_listener(self) -> None:
+        broker = self.rt.broker
+        while True:
+            try:
+                if await broker.wait_for_wake(self.settings.bg_job_sweep_secs):
+                    self._kick.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - broker outage: the sweep still runs
+                log.warning("wake-up listener failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+
+    async def _claim_loop(self) -> None:
+        storage = self.rt.storage
+        last_sweep = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            self._kick.clear()
+            timeout = self.settings.bg_job_sweep_secs
+            try:
+                free = self.slots - len(self.jobs)
+                if free > 0:
+                    claimed = await storage.claim_runs(
+                        self.id, free, self.settings.bg_job_lease_secs, self.max_attempts
+                    )
+                    for c in claimed:
+                        self._start_job(c)
+                    if len(claimed) == free:
+                        continue  # maybe more waiting; claim again once slots free up
+                if loop.time() - last_sweep >= self.settings.bg_job_sweep_secs:
+                    last_sweep = loop.time()
+                    for run in await storage.fail_exhausted(self.max_attempts):
+                        await self._announce_exhausted(run)
+                due = await storage.next_wakeup()
+                if due is not None:
+                    timeout = max(0.0, min(timeout, (due - now()).total_seconds()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - storage outage: back off and retry
+                log.warning("claim failed", error=repr(exc))
+                timeout = 0.5
+            try:
+                await asyncio.wait_for(self._kick.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _start_job(self, claimed: Claimed) -> None:
+        job = Job(self, claimed)
+        self.jobs[claimed.lease_id] = job
+        job.task = asyncio.create_task(job.run(), name=f"run-{claimed.run['run_id']}")
+        job.task.add_done_callback(lambda _t, lease=claimed.lease_id: self._job_done(lease))
+
+    def _job_done(self, lease_id: str) -> None:
+        self.jobs.pop(lease_id, None)
+        self._kick.set()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(0.2, self.settings.bg_job_lease_secs / 3)
+        while True:
+            await asyncio.sleep(interval)
+            leases = list(self.jobs)
+            if not leases:
+                continue
+            try:
+                lost = await self.rt.storage.renew_leases(self.id, leases, self.settings.bg_job_lease_secs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried next beat; lease outlives one miss
+                log.warning("lease renewal failed", error=repr(exc))
+                continue
+            for lease_id in lost:
+                job = self.jobs.get(lease_id)
+                if job is not None:
+                    log.warning("lease lost; abandoning run", run_id=job.run_id)
+                    job.abort("lost_lease")
+
+    async def _announce_exhausted(self, run: dict) -> None:
+        from agentserver.services.runs import RESULT_EVENT
+        from agentserver.utils import dumps
+
+        broker = self.rt.broker
+        error = {"error": "RetriesExhausted", "message": "Run failed after the maximum number of attempts"}
+        await broker.publish(run["run_id"], "error", dumps(error))
+        await broker.publish(run["run_id"], RESULT_EVENT, dumps({"status": "error", "error": error}))
+        await broker.finish_stream(run["run_id"])
+        await broker.notify_thread(run["thread_id"], run["run_id"], "done")
