@@ -44,6 +44,10 @@ def parse_dt(value: str | datetime | None) -> datetime | None:
 
 def _default(obj: Any) -> Any:
     """orjson fallback: LangChain messages, pydantic models, dataclasses, sets, interrupts..."""
+    from langgraph.types import Send
+
+    if isinstance(obj, Send):
+        return {"node": obj.node, "args": obj.arg}
     if hasattr(obj, "model_dump"):
         return obj.model_dump()
     if hasattr(obj, "to_json") and callable(obj.to_json):

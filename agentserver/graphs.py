@@ -1,0 +1,535 @@
+"""The project's graphs: loaded from langgraph.json, built per run, and described for the API.
+
+A graph spec is `./path/to/file.py:attr` (relative to the config's folder) or
+`package.module:attr`. The attribute may be:
+
+- a compiled graph (any `Pregel`, including `@entrypoint` functions): shared by every run;
+- an uncompiled `StateGraph`: compiled once at load time;
+- a factory: a sync or async function taking no argument or one (the run's `RunnableConfig`),
+  returning a graph (compiled or not), or a context manager (sync or async) yielding one, or a
+  (async) generator function yielding one. A factory is called once PER RUN (and per
+  introspection request) and its context is exited when the run ends.
+
+Files are imported as modules registered in `sys.modules`, so classes defined there can be
+pickled and found again by the checkpoint serializer. A file inside a package (its folder has an
+`__init__.py`) is imported under its dotted package name, so relative imports work.
+
+A run never mutates the shared compiled graph: `registry.graph(...)` yields a shallow copy with the
+run's checkpointer and store attached. (`Pregel.copy()` re-runs `__init__`, which drops attributes
+set by `compile()` such as the v2 output mappers, so a plain shallow copy is used instead.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
+import re
+import sys
+import warnings
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, AsyncIterator, Callable, Iterable
+from uuid import UUID, uuid5
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.channels.base import BaseChannel
+from langgraph.graph.state import StateGraph
+from langgraph.pregel import Pregel
+from pydantic import TypeAdapter
+from typing_extensions import TypedDict
+
+from agentserver.config import ProjectConfig
+from agentserver.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_ASSISTANT_NAMESPACE = UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
+
+_MODULE_PREFIX = "agentserver_graphs_"
+
+
+def system_assistant_id(graph_id: str) -> str:
+    """The id of the assistant made at start-up for a graph (stable across restarts and servers)."""
+    return str(uuid5(SYSTEM_ASSISTANT_NAMESPACE, graph_id))
+
+
+class GraphLoadError(RuntimeError):
+    """A graph could not be imported or built. The message names the graph, its source and the
+    error; the original exception is chained as `__cause__`."""
+
+    def __init__(self, graph_id: str, source: str, message: str) -> None:
+        super().__init__(f"Failed to load graph '{graph_id}' from {source}: {message}")
+        self.graph_id = graph_id
+        self.source = source
+
+
+class GraphNotFound(InvalidInput):
+    """No graph with this id is declared in langgraph.json."""
+
+
+@dataclass
+class _Entry:
+    graph_id: str
+    spec: str
+    source: str
+    description: str | None
+    graph: Pregel | None = None
+    factory: Callable[..., Any] | None = None
+    factory_arg: str | None = None  # None: no argument; "positional"; or "keyword"
+
+
+class GraphRegistry:
+    """The graphs a server can run, by graph id (in the order they were declared)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_config(cls, cfg: ProjectConfig) -> "GraphRegistry":
+        """Import every graph of the project. Raises `GraphLoadError` on the first one that fails.
+        Imports run user code: call it from a thread (`afrom_config`) inside a running loop."""
+        registry = cls()
+        for graph_id, spec in cfg.graphs.items():
+            obj, source = _import_spec(graph_id, spec, cfg.base_dir)
+            registry.register(
+                graph_id, obj, description=cfg.descriptions.get(graph_id), spec=spec, source=source
+            )
+        return registry
+
+    @classmethod
+    async def afrom_config(cls, cfg: ProjectConfig) -> "GraphRegistry":
+        return await asyncio.to_thread(cls.from_config, cfg)
+
+    def register(
+        self,
+        graph_id: str,
+        obj: Any,
+        *,
+        description: str | None = None,
+        spec: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        """Add a graph object (compiled graph, StateGraph or factory) under `graph_id`."""
+        source = source or spec or f"<{type(obj).__name__}>"
+        entry = _Entry(graph_id=graph_id, spec=spec or source, source=source, description=description)
+        if isinstance(obj, Pregel):
+            _warn_own_persistence(graph_id, obj)
+            entry.graph = obj
+        elif isinstance(obj, StateGraph):
+            try:
+                entry.graph = obj.compile()
+            except Exception as exc:
+                raise GraphLoadError(graph_id, source, f"cannot compile the StateGraph: {_describe(exc)}") from exc
+        elif callable(obj) and not isinstance(obj, type):
+            entry.factory = obj
+            entry.factory_arg = _factory_arg(obj)
+        else:
+            raise GraphLoadError(
+                graph_id,
+                source,
+                f"expected a compiled graph, a StateGraph or a factory function, got {type(obj).__name__}",
+            )
+        self._entries[graph_id] = entry
+
+    # ------------------------------------------------------------------ lookup
+
+    def graph_ids(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, graph_id: object) -> bool:
+        return graph_id in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def system_assistant_id(self, graph_id: str) -> str:
+        return system_assistant_id(graph_id)
+
+    def description(self, graph_id: str) -> str | None:
+        return self._entry(graph_id).description
+
+    def is_factory(self, graph_id: str) -> bool:
+        return self._entry(graph_id).factory is not None
+
+    def _entry(self, graph_id: str) -> _Entry:
+        try:
+            return self._entries[graph_id]
+        except KeyError:
+            known = ", ".join(self._entries) or "none"
+            raise GraphNotFound(f"Graph '{graph_id}' not found. Known graphs: {known}") from None
+
+    # ------------------------------------------------------------------ per run
+
+    @asynccontextmanager
+    async def graph(
+        self,
+        graph_id: str,
+        config: RunnableConfig | None = None,
+        *,
+        checkpointer: Any = None,
+        store: Any = None,
+    ) -> AsyncIterator[Pregel]:
+        """The graph to run, with `checkpointer` / `store` attached when given (the shared compiled
+        graph is never mutated). For a factory, calls it with `config` and exits its context (if
+        it yielded from one) when the block ends, passing along any exception of the block."""
+        entry = self._entry(graph_id)
+        if entry.graph is not None:
+            yield _attach(entry.graph, checkpointer, store)
+            return
+        async with AsyncExitStack() as stack:
+            built = await self._build(entry, config, stack)
+            yield _attach(built, checkpointer, store)
+
+    async def _build(self, entry: _Entry, config: RunnableConfig | None, stack: AsyncExitStack) -> Pregel:
+        factory = entry.factory
+        assert factory is not None
+        run_config: dict[str, Any] = dict(config or {})
+        run_config["configurable"] = dict(run_config.get("configurable") or {})
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
+        if entry.factory_arg == "positional":
+            args = (run_config,)
+        elif entry.factory_arg == "keyword":
+            kwargs = {"config": run_config}
+        try:
+            if inspect.isasyncgenfunction(factory):
+                result: Any = asynccontextmanager(factory)(*args, **kwargs)
+            elif inspect.isgeneratorfunction(factory):
+                result = contextmanager(factory)(*args, **kwargs)
+            elif _is_async_callable(factory):
+                result = await factory(*args, **kwargs)
+            else:
+                # User code of unknown cost (often compiles a graph): keep it off the event loop.
+                result = await asyncio.to_thread(factory, *args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+            if isinstance(result, AbstractAsyncContextManager) or (
+                hasattr(result, "__aenter__") and hasattr(result, "__aexit__")
+            ):
+                result = await stack.enter_async_context(result)
+            elif isinstance(result, AbstractContextManager) and not isinstance(result, (Pregel, StateGraph)):
+                result = await _enter_sync_context(result, stack)
+        except GraphLoadError:
+            raise
+        except Exception as exc:
+            raise GraphLoadError(entry.graph_id, entry.source, f"the factory failed: {_describe(exc)}") from exc
+        return await self._coerce(entry, result)
+
+    async def _coerce(self, entry: _Entry, result: Any) -> Pregel:
+        if isinstance(result, Pregel):
+            return result
+        if isinstance(result, StateGraph):
+            try:
+                return await asyncio.to_thread(result.compile)
+            except Exception as exc:
+                raise GraphLoadError(
+                    entry.graph_id, entry.source, f"cannot compile the factory's StateGraph: {_describe(exc)}"
+                ) from exc
+        raise GraphLoadError(
+            entry.graph_id,
+            entry.source,
+            f"the factory returned {type(result).__name__}, expected a compiled graph or a StateGraph",
+        )
+
+    # ------------------------------------------------------------------ introspection
+
+    async def graph_json(
+        self, graph_id: str, config: RunnableConfig | None = None, *, xray: bool | int = False
+    ) -> dict[str, Any]:
+        """The drawable graph (`get_graph(xray=...).to_json()`): nodes and edges."""
+        async with self.graph(graph_id, config) as graph:
+            return await asyncio.to_thread(_drawable_json, graph, config, xray)
+
+    async def schemas(self, graph_id: str, config: RunnableConfig | None = None) -> dict[str, Any]:
+        """JSON schemas of the graph: graph_id, input_schema, output_schema, state_schema,
+        config_schema, context_schema (each None when it cannot be produced)."""
+        async with self.graph(graph_id, config) as graph:
+            return await asyncio.to_thread(_schemas_of, graph_id, graph)
+
+    async def subgraphs(
+        self,
+        graph_id: str,
+        config: RunnableConfig | None = None,
+        *,
+        namespace: str | None = None,
+        recurse: bool = False,
+    ) -> dict[str, dict[str, Any]]:
+        """namespace -> schemas of each subgraph (only the one at `namespace` when given)."""
+        async with self.graph(graph_id, config) as graph:
+            found = [(ns, sub) async for ns, sub in graph.aget_subgraphs(namespace=namespace, recurse=recurse)]
+            return await asyncio.to_thread(lambda: {ns: _schemas_of(graph_id, sub) for ns, sub in found})
+
+
+# ---------------------------------------------------------------------- importing
+
+
+def _import_spec(graph_id: str, spec: str, base_dir: Path) -> tuple[Any, str]:
+    """Import the object a spec names; returns it and a human-readable source for messages."""
+    module_ref, _, attr = spec.rpartition(":")
+    if not module_ref or not attr:
+        raise GraphLoadError(graph_id, spec, "the spec must look like './file.py:graph' or 'package.module:graph'")
+    is_file = module_ref.endswith(".py") or module_ref.startswith((".", "/", "~")) or "/" in module_ref or "\\" in module_ref
+    if is_file:
+        path = (base_dir / Path(module_ref).expanduser()).resolve()
+        source = f"{module_ref} ({path})"
+        if path.suffix in (".ts", ".js", ".mts", ".cts", ".mjs", ".tsx", ".jsx"):
+            raise GraphLoadError(graph_id, source, "only Python graphs are supported")
+        if not path.is_file():
+            raise GraphLoadError(graph_id, source, "file not found")
+        try:
+            module = _import_file(path, base_dir)
+        except Exception as exc:
+            raise GraphLoadError(graph_id, source, _describe(exc)) from exc
+    else:
+        source = f"module {module_ref}"
+        try:
+            module = importlib.import_module(module_ref)
+        except Exception as exc:
+            raise GraphLoadError(graph_id, source, _describe(exc)) from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise GraphLoadError(
+                graph_id, source, f"{module.__name__!s} has no attribute {attr!r}"
+            ) from None
+    return obj, source
+
+
+def _import_file(path: Path, base_dir: Path) -> ModuleType:
+    _append_sys_path(str(path.parent))
+    dotted, root = _package_name(path)
+    if dotted is not None and root is not None:
+        _append_sys_path(str(root))
+        existing = sys.modules.get(dotted)
+        if existing is not None and _same_file(existing, path):
+            return existing
+        if existing is None and not _shadowed(dotted, root):
+            module = importlib.import_module(dotted)
+            if _same_file(module, path):
+                return module
+    return _load_by_path(path, base_dir)
+
+
+def _package_name(path: Path) -> tuple[str | None, Path | None]:
+    """`a.b.mod` and the folder holding `a`, when the file sits inside a package."""
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if len(parts) == 1 or not path.stem.isidentifier():
+        return None, None
+    return ".".join(parts), folder
+
+
+def _shadowed(dotted: str, root: Path) -> bool:
+    """True when the top-level package name is already taken by a different folder."""
+    top = dotted.split(".", 1)[0]
+    loaded = sys.modules.get(top)
+    if loaded is None:
+        return False
+    locations = [Path(p).resolve() for p in getattr(loaded, "__path__", []) or []]
+    return (root / top).resolve() not in locations
+
+
+def _load_by_path(path: Path, base_dir: Path) -> ModuleType:
+    name = _module_name(path, base_dir)
+    existing = sys.modules.get(name)
+    if existing is not None and _same_file(existing, path):
+        return existing
+    if existing is not None:  # another project's file with the same relative path
+        name = f"{name}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+        existing = sys.modules.get(name)
+        if existing is not None:
+            return existing
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _module_name(path: Path, base_dir: Path) -> str:
+    """A stable, importable-looking name derived from the path relative to the config folder, so
+    every process of a deployment gives the same file the same module name."""
+    try:
+        relative = path.relative_to(base_dir).with_suffix("")
+        text = "_".join(relative.parts)
+    except ValueError:
+        # Outside the config folder (`../x.py`): name it by its path relative to the folder.
+        relative = Path(_relpath(path, base_dir)).with_suffix("")
+        text = "_".join(p if p != ".." else "up" for p in relative.parts)
+    return _MODULE_PREFIX + re.sub(r"\W", "_", text)
+
+
+def _relpath(path: Path, start: Path) -> str:
+    return os.path.relpath(path, start)
+
+
+def _same_file(module: ModuleType, path: Path) -> bool:
+    file = getattr(module, "__file__", None)
+    return file is not None and Path(file).resolve() == path
+
+
+def _append_sys_path(entry: str) -> None:
+    if entry not in sys.path:
+        sys.path.append(entry)
+
+
+# ---------------------------------------------------------------------- factories
+
+
+def _factory_arg(factory: Callable[..., Any]) -> str | None:
+    """How to hand the run's config to a factory: positionally, as `config=`, or not at all."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return "positional"
+    for param in params:
+        if param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            return "positional"
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            return "positional"
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and param.name == "config":
+            return "keyword"
+    return None
+
+
+async def _enter_sync_context(cm: AbstractContextManager, stack: AsyncExitStack) -> Any:
+    """Enter a sync context manager in a thread and schedule its exit (also in a thread)."""
+    value = await asyncio.to_thread(cm.__enter__)
+
+    async def _exit(exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        return await asyncio.to_thread(cm.__exit__, exc_type, exc, tb)
+
+    stack.push_async_exit(_exit)
+    return value
+
+
+def _is_async_callable(obj: Any) -> bool:
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(getattr(obj, "__call__", None))
+
+
+def _attach(graph: Pregel, checkpointer: Any, store: Any) -> Pregel:
+    if checkpointer is None and store is None:
+        return graph
+    attached = copy.copy(graph)
+    if checkpointer is not None:
+        attached.checkpointer = checkpointer
+    if store is not None:
+        attached.store = store
+    return attached
+
+
+def _warn_own_persistence(graph_id: str, graph: Pregel) -> None:
+    if graph.checkpointer not in (None, False, True) or graph.store is not None:
+        logger.warning(
+            "graph '%s' was compiled with its own checkpointer or store; the server replaces them "
+            "with its own for runs",
+            graph_id,
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------- introspection helpers
+
+
+def _drawable_json(graph: Pregel, config: RunnableConfig | None, xray: bool | int) -> dict[str, Any]:
+    return graph.get_graph(config, xray=xray).to_json()
+
+
+def _schemas_of(graph_id: str, graph: Any) -> dict[str, Any]:
+    return {
+        "graph_id": graph_id,
+        "input_schema": _try(graph_id, "input", getattr(graph, "get_input_jsonschema", None)),
+        "output_schema": _try(graph_id, "output", getattr(graph, "get_output_jsonschema", None)),
+        "state_schema": _try(graph_id, "state", lambda: _state_jsonschema(graph)),
+        "config_schema": _try(graph_id, "config", lambda: _config_jsonschema(graph)),
+        "context_schema": _try(graph_id, "context", getattr(graph, "get_context_jsonschema", None)),
+    }
+
+
+def _try(graph_id: str, what: str, fn: Callable[[], Any] | None) -> Any:
+    if fn is None:
+        return None
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - a schema we cannot draw is reported as None
+        logger.info("graph '%s': no %s schema: %s", graph_id, what, _describe(exc))
+        return None
+
+
+def _config_jsonschema(graph: Any) -> dict[str, Any] | None:
+    method = getattr(graph, "get_config_jsonschema", None)
+    if method is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated in favour of context, still what clients show
+        return method()
+
+
+def _state_jsonschema(graph: Any) -> dict[str, Any] | None:
+    """The state as a JSON object: one property per state channel, typed by the channel's value
+    type (a channel whose type has no JSON schema is typed as anything)."""
+    if not isinstance(graph, Pregel):
+        return None
+    fields: dict[str, Any] = {}
+    for name in _state_channels(graph):
+        channel = graph.channels.get(name)
+        if not isinstance(channel, BaseChannel):
+            continue
+        try:
+            typ = channel.ValueType
+            TypeAdapter(typ).json_schema()
+        except Exception:  # noqa: BLE001 - unknown types become "any"
+            typ = Any
+        fields[name] = typ
+    state = TypedDict(graph.get_name("State"), fields, total=False)  # type: ignore[operator]
+    return TypeAdapter(state).json_schema()
+
+
+def _state_channels(graph: Pregel) -> Iterable[str]:
+    channels = graph.stream_channels_asis
+    if isinstance(channels, str):
+        return [channels]
+    return list(channels)
+
+
+__all__ = [
+    "GraphLoadError",
+    "GraphNotFound",
+    "GraphRegistry",
+    "SYSTEM_ASSISTANT_NAMESPACE",
+    "system_assistant_id",
+]
