@@ -8,6 +8,9 @@
 
 Two implementations: `memory.MemoryBroker` (one process) and `redis.RedisBroker`.
 Both pass `tests/test_broker_conformance.py`.
+
+Every method may be called from any event loop of the process (jobs on isolated loops,
+`BG_JOB_ISOLATED_LOOPS`); callbacks and iterators run on the loop that asked for them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 @dataclass(frozen=True)
 class Event:
-    id: str  # monotonically increasing within a run; comparable via the broker
+    id: str  # the run's sequence number as a decimal string: "1", "2", ... (SSE `id:`)
     event: str  # SSE event name ("values", "updates|sub:1", "error", ...)
     data: bytes  # compact JSON
 
@@ -38,11 +41,15 @@ class Broker(ABC):
     # ---- run event log ---------------------------------------------------------------------
     @abstractmethod
     async def publish(self, run_id: str, event: str, data: bytes) -> str:
-        """Append an event to the run's log; return its id."""
+        """Append an event to the run's log; return its id (the previous id + 1; a run retried
+        by another worker goes on after the ids of the earlier attempt). Never raises for a
+        transient outage of the backing service (it buffers; it may wait when the buffer is full)."""
 
     @abstractmethod
     async def finish_stream(self, run_id: str) -> None:
-        """Append the DONE marker; subscribers end after it. The log expires after the TTL."""
+        """Append the DONE marker; subscribers end after it. The log expires after the TTL.
+        Called once, when the run reached its final status: nothing is published after it.
+        Also drops the run's pending control action. Calling it again is harmless."""
 
     @abstractmethod
     def subscribe(
@@ -52,7 +59,12 @@ class Broker(ABC):
         `after` is "-1" or "0", all of the log; otherwise those after that id. Ends after DONE
         (which is not yielded); if the log already ended, replays what `after` selects and
         ends. Yields `None` after `idle_secs` without an event, so the caller can send a
-        heartbeat (or check whether the run is still alive)."""
+        heartbeat (or check whether the run is still alive). A log that does not exist (yet,
+        or any more) is waited for, with `None`s.
+
+        The subscription starts at the first `__anext__` (as for any async generator): "from
+        now on" means from then. To miss nothing of a run just created, pass "0".
+        Raises `InvalidInput` (at once) for an `after` that is not an event id."""
 
     @abstractmethod
     async def stream_done(self, run_id: str) -> bool:
@@ -62,7 +74,8 @@ class Broker(ABC):
     @abstractmethod
     async def send_control(self, run_id: str, action: str) -> None:
         """Ask the worker running `run_id` to stop (`interrupt` or `rollback`). Kept until the
-        run ends, so a worker that claims the run later still sees it."""
+        run ends (`finish_stream`), so a worker that claims the run later still sees it; a later
+        action replaces an earlier one."""
 
     @abstractmethod
     async def get_control(self, run_id: str) -> str | None:
@@ -70,23 +83,29 @@ class Broker(ABC):
 
     @abstractmethod
     async def watch_control(self, run_id: str, callback: Callable[[str], Awaitable[None] | None]) -> Callable[[], Awaitable[None]]:
-        """Call `callback(action)` when a control action arrives for the run. Returns an async
-        function that stops watching."""
+        """Call `callback(action)` when a control action arrives for the run, and at once if one
+        is already pending. The callback runs on the caller's event loop, once per distinct
+        action (a coroutine result is scheduled as a task). Returns an async function that stops
+        watching (idempotent)."""
 
     # ---- thread notifications --------------------------------------------------------------
     @abstractmethod
     async def notify_thread(self, thread_id: str, run_id: str, what: str) -> None:
-        """`what` is "started" or "done"."""
+        """`what` is what happened to the run ("created", "started", "done"); the broker does not
+        interpret it. Best effort: never raises for a transient outage."""
 
     @abstractmethod
     def thread_events(self, thread_id: str) -> AsyncIterator[tuple[str, str]]:
-        """(run_id, what) notifications for the thread from now on."""
+        """(run_id, what) notifications for the thread from now on (from the first
+        `__anext__`); never ends by itself. Notifications may be lost while the backing service
+        is unreachable: re-read the thread's runs when one arrives, not instead."""
 
     # ---- queue wake-ups --------------------------------------------------------------------
     @abstractmethod
     async def wake_workers(self) -> None:
-        """Tell every worker that runs may be ready."""
+        """Tell every worker (of every process) that runs may be ready."""
 
     @abstractmethod
     async def wait_for_wake(self, timeout: float) -> bool:
-        """Block until a wake-up arrives (True) or the timeout passes (False)."""
+        """Block until a wake-up arrives (True) or the timeout passes (False). A wake-up that
+        came while nobody waited makes the next call return True at once."""
