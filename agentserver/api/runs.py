@@ -222,13 +222,21 @@ async def thread_stream(
     stream_modes: Annotated[list[str] | None, Query()] = None,
 ) -> StreamingResponse:
     svc = services(request).runs
-    modes = _modes((stream_modes or []) + (stream_mode or []))
+    requested = _modes((stream_modes or []) + (stream_mode or [])) or ["run_modes"]
+    # thread stream modes of the SDK: run_modes (every event of the runs), lifecycle (run
+    # boundaries only), state_update (values); plain run stream modes filter the runs' events.
+    # Every run's end is announced with a `run_done` metadata frame.
+    run_modes = [m for m in requested if m not in ("run_modes", "lifecycle", "state_update")]
+    if "state_update" in requested:
+        run_modes.append("values")
+    everything = "run_modes" in requested
     await svc.require_thread(thread_id)
 
     async def body() -> AsyncIterator[bytes]:
-        async for run_id, ev in svc.join_thread(thread_id, modes=modes):
+        async for run_id, ev in svc.join_thread(thread_id, modes=None if everything else run_modes):
             if ev is not None:
-                yield frame(ev.event, ev.data)
+                if everything or run_modes:
+                    yield frame(ev.event, ev.data)
             elif run_id:
                 yield frame_json("metadata", {"status": "run_done", "run_id": run_id})
             else:
