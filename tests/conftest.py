@@ -19,14 +19,27 @@ def redis_server():
     server.cleanup()
 
 
-@pytest.fixture(scope="session")
-def server():
-    """The embedded server (`agentserver dev`) on the test graphs, shared by the SDK tests."""
-    from tests.server import ServerProcess
+@pytest.fixture(scope="session", params=["embedded", "scaled"])
+def server(request):
+    """A live deployment on the test graphs, shared by the SDK tests, in each shape:
+    `embedded` = one `agentserver dev` process; `scaled` = two API servers and two queue workers
+    as separate processes over one Postgres and one Redis, behind a round-robin proxy."""
+    from tests.server import ScaledCluster, ServerProcess
 
-    proc = ServerProcess("dev", env={"N_JOBS_PER_WORKER": "20"}).start()
-    yield proc
-    proc.stop()
+    if request.param == "embedded":
+        proc = ServerProcess("dev", env={"N_JOBS_PER_WORKER": "20"}).start()
+        yield proc
+        proc.stop()
+        return
+    pg = request.getfixturevalue("postgres_server")
+    redis = request.getfixturevalue("redis_server")
+    cluster = ScaledCluster(
+        pg.create_database("sdk_scaled"),
+        redis.uri,
+        env={"N_JOBS_PER_WORKER": "20", "REDIS_KEY_PREFIX": "sdk:", "BG_JOB_LEASE_SECS": "3"},
+    ).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

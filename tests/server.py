@@ -97,3 +97,105 @@ class ServerProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class RoundRobinProxy:
+    """A TCP proxy on loopback that hands each new connection to the next backend in turn, so
+    one SDK client spreads its requests (and a stream and its join) over several API servers."""
+
+    def __init__(self, ports: list[int]) -> None:
+        import asyncio
+        import threading
+
+        self.backends = ports
+        self.port = free_port()
+        self._n = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _main(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self._loop)
+
+        async def pipe(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                try:
+                    writer.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+        async def handle(reader, writer):
+            port = self.backends[self._n % len(self.backends)]
+            self._n += 1
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        async def serve():
+            server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+            self._ready.set()
+            async with server:
+                await server.serve_forever()
+
+        self._loop.run_until_complete(serve())
+
+    def start(self) -> "RoundRobinProxy":
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+
+class ScaledCluster:
+    """The scaled shape: API servers and queue workers as separate processes over one Postgres
+    and one Redis, behind a round-robin proxy."""
+
+    def __init__(self, postgres_uri: str, redis_uri: str, *, n_api: int = 2, n_workers: int = 2,
+                 env: dict[str, str] | None = None, config: Path = TEST_GRAPHS) -> None:
+        self.env = {
+            "POSTGRES_URI_CUSTOM": postgres_uri,
+            "REDIS_URI_CUSTOM": redis_uri,
+            "QUEUE_ENABLED": "true",
+            "LANGGRAPH_POSTGRES_POOL_MAX_SIZE": "20",
+            **(env or {}),
+        }
+        self.config = config
+        self.apis = [ServerProcess("serve", env=self.env, config=config) for _ in range(n_api)]
+        self.workers = [ServerProcess("worker", env=self.env, config=config) for _ in range(n_workers)]
+        self.proxy: RoundRobinProxy | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.proxy is not None
+        return self.proxy.url
+
+    def start(self) -> "ScaledCluster":
+        # the first process migrates; the others find the schema in place (advisory lock)
+        self.apis[0].start()
+        for p in self.apis[1:] + self.workers:
+            p.start()
+        self.proxy = RoundRobinProxy([p.port for p in self.apis]).start()
+        return self
+
+    def add_worker(self, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess("worker", env={**self.env, **(env or {})}, config=self.config).start()
+        self.workers.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for p in self.apis + self.workers:
+            p.stop(timeout=15)
