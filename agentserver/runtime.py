@@ -36,8 +36,8 @@ class Runtime:
         self.services = Services(self)
 
     async def start(self) -> None:
-        await self.storage.setup()
-        await self.broker.setup()
+        await self._when_available("storage", self.storage.setup)
+        await self._when_available("broker", self.broker.setup)
         await self.services.assistants.ensure_system_assistants()
         if self.run_jobs:
             from agentserver.worker import Worker
@@ -45,6 +45,25 @@ class Runtime:
             self.worker = Worker(self)
             await self.worker.start()
         self._background.append(asyncio.create_task(self.services.threads.ttl_sweeper()))
+
+    async def _when_available(self, what: str, setup) -> None:
+        """Start-up waits up to STARTUP_WAIT_SECS for a backing service that is not up yet
+        (e.g. Postgres or Redis starting at the same time as the server)."""
+        from agentserver.errors import Unavailable
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.startup_wait_secs
+        delay = 0.2
+        while True:
+            try:
+                await setup()
+                return
+            except Unavailable as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                log.warning("waiting for backing service", what=what, error=exc.detail)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
         if self.worker is not None:

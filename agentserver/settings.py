@@ -89,6 +89,7 @@ class Settings:
     mount_prefix: str = ""
     # ttl sweeper
     thread_ttl_sweep_secs: float = 60.0
+    startup_wait_secs: float = 60.0
     # logging
     log_level: str = "INFO"
     log_json: bool = False
@@ -127,6 +128,7 @@ class Settings:
             cors_allow_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
             mount_prefix=prefix,
             thread_ttl_sweep_secs=_float(env, "THREAD_TTL_SWEEP_SECS", 60.0, lo=0.1),
+            startup_wait_secs=_float(env, "STARTUP_WAIT_SECS", 60.0),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             log_json=_bool(env, "LOG_JSON", False),
             log_color=_bool(env, "LOG_COLOR", True),

@@ -206,3 +206,24 @@ async def test_postgres_restart_under_load(infra):
     assert recovery < 1.0
     # after recovery every request succeeds
     assert all(c == 200 for t, c in statuses if t > first_ok + 0.5)
+
+
+async def test_api_server_waits_for_postgres_at_start_up(tmp_path):
+    """An API server started before its database comes up waits for it, then serves."""
+    from tests.server import ServerProcess
+
+    pg = PostgresServer()
+    redis = RedisServer().start()
+    api = ServerProcess("serve", env={"POSTGRES_URI_CUSTOM": pg.uri, "REDIS_URI_CUSTOM": redis.uri})
+    try:
+        starting = asyncio.create_task(asyncio.to_thread(api.start, 60))
+        await asyncio.sleep(2)
+        assert not starting.done()
+        await asyncio.to_thread(pg.start)
+        await starting
+        async with httpx.AsyncClient(base_url=api.url) as http:
+            assert (await http.post("/threads", json={})).status_code == 200
+    finally:
+        api.kill()
+        redis.cleanup()
+        pg.cleanup()
