@@ -39,6 +39,8 @@ async def info(request: Request) -> JSON:
 async def metrics() -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    import agentserver.metrics  # noqa: F401 - registers the server's metrics
+
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

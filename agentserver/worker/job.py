@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from agentserver import metrics
 from agentserver.errors import Unavailable
 from agentserver.storage.base import Claimed, RunEnd
 from agentserver.storage.errors import is_unavailable
@@ -46,6 +47,10 @@ class Job:
 
     # ---- the run ---------------------------------------------------------------------------
     async def run(self) -> None:
+        with metrics.RUN_DURATION.time():
+            await self._run()
+
+    async def _run(self) -> None:
         rt = self.rt
         log_ = log.bind(run_id=self.run_id, thread_id=self.thread_id, attempt=self.attempt)
         unwatch = None
@@ -115,6 +120,7 @@ class Job:
         if retriable and self.attempt < self.worker.max_attempts:
             log_.info("requeueing run", reason=reason or repr(exc))
             await storage.run_requeue(self.run_id, self.lease_id, delay_secs=0 if reason == "shutdown" else 0.5)
+            metrics.RUNS_REQUEUED.inc()
             await broker.wake_workers()
             return
 
@@ -155,6 +161,7 @@ class Job:
             log_.warning("lease lost before the run's end was recorded")
             return
         log_.info("run ended", status=end.status)
+        metrics.RUNS_ENDED.labels(end.status).inc()
         result_values = values
         if interrupts and isinstance(values, dict):
             result_values = {**values, "__interrupt__": [i for group in interrupts.values() for i in group]}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from agentserver import metrics
 from agentserver.storage.base import Claimed
 from agentserver.utils import now, uuid7
 from agentserver.worker.job import Job
@@ -46,6 +47,7 @@ class Worker:
         if self.settings.bg_job_isolated_loops:
             self.loops = LoopPool(self.rt, self.slots)
             await self.loops.start()
+        metrics.JOB_SLOTS.set(self.slots)
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="worker-claim"),
             asyncio.create_task(self._wake_listener(), name="worker-wake"),
@@ -130,13 +132,18 @@ class Worker:
                 pass
 
     def _start_job(self, claimed: Claimed) -> None:
+        available = claimed.run.get("available_at")
+        if available is not None and claimed.attempt == 1:
+            metrics.PICKUP_DELAY.observe(max(0.0, (now() - available).total_seconds()))
+        metrics.JOBS_ACTIVE.inc()
         job = Job(self, claimed)
         self.jobs[claimed.lease_id] = job
         job.task = asyncio.create_task(job.run(), name=f"run-{claimed.run['run_id']}")
         job.task.add_done_callback(lambda _t, lease=claimed.lease_id: self._job_done(lease))
 
     def _job_done(self, lease_id: str) -> None:
-        self.jobs.pop(lease_id, None)
+        if self.jobs.pop(lease_id, None) is not None:
+            metrics.JOBS_ACTIVE.dec()
         self._kick.set()
 
     async def _heartbeat_loop(self) -> None:
