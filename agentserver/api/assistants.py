@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from starlette.responses import Response
 
 from agentserver.api.deps import services
-from agentserver.api.responses import JSON, page, public
+from agentserver.api.responses import JSON, PAGINATED_DOC, error_doc, page, public
 from agentserver.api.schemas.assistants import (
     Assistant,
     AssistantCount,
@@ -26,18 +26,9 @@ from agentserver.errors import InvalidInput
 
 router = APIRouter(tags=["Assistants"])
 
-_ERR = {"description": "Error", "content": {"application/json": {"example": {"detail": "..."}}}}
-_NOT_FOUND = {404: {**_ERR, "description": "Assistant not found"}}
-_INVALID = {422: {**_ERR, "description": "Invalid request"}}
-_PAGINATED = {
-    "headers": {
-        "X-Pagination-Total": {"description": "Number of matches", "schema": {"type": "integer"}},
-        "X-Pagination-Next": {
-            "description": "Offset of the next page (absent on the last)",
-            "schema": {"type": "integer"},
-        },
-    }
-}
+_NOT_FOUND = error_doc(404, "Assistant not found")
+_INVALID = error_doc(422, "Invalid request")
+_PAGINATED = PAGINATED_DOC
 AssistantIdPath = Annotated[str, Path(description="An assistant id, or a graph id (its system assistant).")]
 
 
@@ -45,7 +36,7 @@ AssistantIdPath = Annotated[str, Path(description="An assistant id, or a graph i
     "/assistants",
     summary="Create an assistant",
     response_model=Assistant,
-    responses={409: {**_ERR, "description": "The assistant exists (if_exists=raise)"}, **_INVALID},
+    responses={**error_doc(409, "The assistant exists (if_exists=raise)"), **_INVALID},
 )
 async def create_assistant(request: Request, body: AssistantCreate) -> JSON:
     assistant = await services(request).assistants.create(

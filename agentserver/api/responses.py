@@ -44,3 +44,25 @@ def page(
         headers["X-Pagination-Next"] = str(offset + limit)
     sel = list(select) if select else None
     return JSON([public(i, sel) for i in items], headers=headers)
+
+
+# ---- OpenAPI descriptions shared by the route modules --------------------------------------
+def error_doc(status: int, description: str) -> dict[int, dict[str, Any]]:
+    """An error response in the spec: a JSON body `{"detail": ...}`."""
+    return {
+        status: {
+            "description": description,
+            "content": {"application/json": {"example": {"detail": "..."}}},
+        }
+    }
+
+
+PAGINATED_DOC: dict[str, Any] = {
+    "headers": {
+        "X-Pagination-Total": {"description": "Number of matches", "schema": {"type": "integer"}},
+        "X-Pagination-Next": {
+            "description": "Offset of the next page (absent on the last)",
+            "schema": {"type": "integer"},
+        },
+    }
+}

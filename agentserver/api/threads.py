@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Header, Path, Query, Request
 from starlette.responses import Response
 
 from agentserver.api.deps import services
-from agentserver.api.responses import JSON, page, public
+from agentserver.api.responses import JSON, PAGINATED_DOC, error_doc, page, public
 from agentserver.api.schemas.threads import (
     PruneResult,
     Thread,
@@ -27,19 +27,10 @@ from agentserver.services.threads import select_state
 
 router = APIRouter(tags=["Threads"])
 
-_ERR = {"description": "Error", "content": {"application/json": {"example": {"detail": "..."}}}}
-_NOT_FOUND = {404: {**_ERR, "description": "Thread not found"}}
-_INVALID = {422: {**_ERR, "description": "Invalid request"}}
-_BAD = {400: {**_ERR, "description": "The graph rejected the request"}}
-_PAGINATED = {
-    "headers": {
-        "X-Pagination-Total": {"description": "Number of matches", "schema": {"type": "integer"}},
-        "X-Pagination-Next": {
-            "description": "Offset of the next page (absent on the last)",
-            "schema": {"type": "integer"},
-        },
-    }
-}
+_NOT_FOUND = error_doc(404, "Thread not found")
+_INVALID = error_doc(422, "Invalid request")
+_BAD = error_doc(400, "The graph rejected the request")
+_PAGINATED = PAGINATED_DOC
 ThreadIdPath = Annotated[str, Path(description="The thread id (a UUID).")]
 SelectQuery = Annotated[
     list[str] | None, Query(description="State fields to return; `values.<key>` for one state key.")
@@ -62,7 +53,7 @@ def _thread(record: dict[str, Any], include: set[str] | None = None) -> dict[str
     "/threads",
     summary="Create a thread",
     response_model=Thread,
-    responses={409: {**_ERR, "description": "The thread exists (if_exists=raise)"}, **_BAD, **_INVALID},
+    responses={**error_doc(409, "The thread exists (if_exists=raise)"), **_BAD, **_INVALID},
 )
 async def create_thread(request: Request, body: Annotated[ThreadCreate | None, Body()] = None) -> JSON:
     body = body or ThreadCreate()
