@@ -736,7 +736,7 @@ class PostgresStorage(Storage):
         bound to that loop, with a checkpointer and a store on it. Returns
         (checkpointer, store, aclose)."""
         pool = create_pool(
-            self.uri, max_size=pool_size, min_size=1, name="agentserver-job-loop"
+            self.uri, max_size=pool_size, min_size=0, name="agentserver-job-loop"
         )
         await pool.open(wait=False)
         checkpointer = PostgresCheckpointer(pool)
