@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from agentserver import __version__
-from agentserver.api import assistants, errors, meta, runs, threads
+from agentserver.api import assistants, errors, fastpath, meta, runs, threads
 from agentserver.runtime import Runtime
 
 
@@ -36,6 +36,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = runtime
+    fastpath.install(app)  # inside CORS: hot routes get the same headers
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(runtime.settings.cors_allow_origins),

@@ -34,29 +34,29 @@ def describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(messages) or "Invalid request"
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(AgentServerError)
-    async def _domain(_: Request, exc: AgentServerError) -> JSON:
+def error_response(request: Request, exc: Exception) -> JSON:
+    """The response for any exception a handler raised: domain errors keep their status,
+    an unreachable backing service is a 503, anything else a logged 500."""
+    from agentserver.errors import Unavailable
+    from agentserver.storage.errors import is_unavailable
+
+    if isinstance(exc, AgentServerError):
         return JSON({"detail": exc.detail}, status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSON:
+    if isinstance(exc, RequestValidationError):
         return JSON({"detail": describe_validation(exc)}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSON:
+    if isinstance(exc, StarletteHTTPException):
         return JSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(json.JSONDecodeError)
-    async def _json(_: Request, exc: json.JSONDecodeError) -> JSON:
+    if isinstance(exc, json.JSONDecodeError):
         return JSON({"detail": f"Request body is not valid JSON: {exc.msg}"}, status_code=422)
+    if isinstance(exc, Unavailable) or is_unavailable(exc):
+        return JSON({"detail": "Service temporarily unavailable, retry shortly"}, status_code=503)
+    log.exception("unhandled error", path=request.url.path)
+    return JSON({"detail": f"Internal error: {type(exc).__name__}"}, status_code=500)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSON:
-        from agentserver.errors import Unavailable
-        from agentserver.storage.errors import is_unavailable
 
-        if isinstance(exc, Unavailable) or is_unavailable(exc):
-            return JSON({"detail": "Service temporarily unavailable, retry shortly"}, status_code=503)
-        log.exception("unhandled error", path=request.url.path)
-        return JSON({"detail": f"Internal error: {type(exc).__name__}"}, status_code=500)
+def install(app: FastAPI) -> None:
+    async def handle(request: Request, exc: Exception) -> JSON:
+        return error_response(request, exc)
+
+    for kind in (AgentServerError, RequestValidationError, StarletteHTTPException, json.JSONDecodeError, Exception):
+        app.add_exception_handler(kind, handle)
