@@ -2,7 +2,7 @@
 
 FastAPI defines, validates and documents every route. Its per-request machinery (matching
 over every route, dependency solving) costs more CPU than the whole of a simple read such as
-`GET /threads/{id}` (see docs/adr/0002-fast-path.md). This ASGI middleware recognises a short
+`GET /threads/{id}` (see docs/adr/0001-fastapi-with-a-fast-path.md). This ASGI middleware recognises a short
 list of hot (method, path) pairs and calls the *same handler functions* FastAPI would call,
 with the path parameters and the body validated by the same pydantic model. Anything it does
 not recognise, including any request with a query string, goes through FastAPI unchanged.
