@@ -125,7 +125,12 @@ def main(argv: list[str] | None = None) -> None:
 
     host = args.host or getattr(args, "host_default", "127.0.0.1")
     if args.command == "worker":
-        asyncio.run(_run_worker(rt, host, args.port))
+        if _has("uvloop"):
+            import uvloop
+
+            uvloop.run(_run_worker(rt, host, args.port))
+        else:
+            asyncio.run(_run_worker(rt, host, args.port))
     else:
         _serve_http(rt, host, args.port)
 

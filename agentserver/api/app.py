@@ -26,6 +26,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
                 await runtime.stop()
 
     app = FastAPI(
+        **_telemetry_kwargs(),
         title="Agent Server",
         version=__version__,
         description="Serve LangGraph graphs over HTTP, wire-compatible with the LangGraph SDK.",
@@ -48,3 +49,16 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
     for module in (meta, assistants, threads, runs):
         app.include_router(module.router)
     return app
+
+
+def _telemetry_kwargs() -> dict:
+    """FastAPI's native OpenTelemetry checks the global providers on every request; without an
+    OTEL exporter configured that is pure overhead, so it is switched off."""
+    import inspect
+    import os
+
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    if any(k.startswith("OTEL_EXPORTER_OTLP") for k in os.environ):
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+import weakref
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -79,9 +81,14 @@ def connection_kwargs(uri: str) -> dict[str, Any]:
 class PoolHealth:
     """Whether the database looks reachable, and the borrowers to cut short when it is not."""
 
+    # a connection returned to the pool less than this long ago is lent without a round trip;
+    # a broken one is caught by the query itself (retried by the storage, reported via lost())
+    FRESH_SECS = 5.0
+
     def __init__(self) -> None:
         self.pool: AsyncConnectionPool | None = None
         self.healthy = True
+        self._returned: "weakref.WeakKeyDictionary[AsyncConnection, float]" = weakref.WeakKeyDictionary()
         self.waiters: set[asyncio.Timeout] = set()
         self._probe: asyncio.Task | None = None
 
@@ -91,7 +98,11 @@ class PoolHealth:
 
         For our autocommit connections this is `AsyncConnectionPool.check_connection` (an empty
         query) without its server-side prepare: with `prepare_threshold=0` psycopg would
-        prepare the empty statement on every borrow, and never cache it."""
+        prepare the empty statement on every borrow, and never cache it. Connections that were
+        in use moments ago are not checked again."""
+        returned = self._returned.get(conn)
+        if self.healthy and returned is not None and time.monotonic() - returned < self.FRESH_SECS:
+            return
         try:
             if conn.autocommit:
                 await conn.execute("", prepare=False)
@@ -104,6 +115,10 @@ class PoolHealth:
 
     async def configure(self, conn: AsyncConnection) -> None:
         self.healthy = True
+
+    async def reset(self, conn: AsyncConnection) -> None:
+        """The pool's `reset` callback: a connection came back in good order."""
+        self._returned[conn] = time.monotonic()
 
     async def reconnect_failed(self, pool: AsyncConnectionPool) -> None:
         self.mark_unreachable()
@@ -185,6 +200,7 @@ def create_pool(
         reconnect_timeout=RECONNECT_TIMEOUT,
         check=health.check,
         configure=health.configure,
+        reset=health.reset,
         reconnect_failed=health.reconnect_failed,
     )
     health.pool = pool
