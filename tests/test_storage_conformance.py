@@ -394,6 +394,150 @@ async def test_thread_search(storage: Storage):
         assert_utc(rec["created_at"])
 
 
+def contains(doc: Any, filt: Any) -> bool:
+    """Reference JSON containment (Postgres `@>` for object filters): objects need every key
+    with a contained value; arrays need every element contained in some element; scalars are
+    equal, numbers numerically, booleans never equal to numbers."""
+    if isinstance(filt, dict):
+        return isinstance(doc, dict) and all(k in doc and contains(doc[k], v) for k, v in filt.items())
+    if isinstance(filt, list):
+        return isinstance(doc, list) and all(any(contains(d, f) for d in doc) for f in filt)
+    if isinstance(filt, bool) or isinstance(doc, bool):
+        return isinstance(doc, bool) and isinstance(filt, bool) and doc == filt
+    if isinstance(filt, (int, float)):
+        return isinstance(doc, (int, float)) and not isinstance(doc, bool) and doc == filt
+    return doc == filt
+
+
+# Values each metadata key takes (a key keeps one "shape": scalars, or objects, or arrays).
+META_POOLS: dict[str, list[Any]] = {
+    "user": ["u0", "u1", "u2", "U1", "", "u1 "],
+    "k": [0, 1, 2, 1.0, 2.5, -0.0, "1", True, False, None, 2**40, 1e3, 1000],
+    "flag": [True, False, None, 0, 1, "true"],
+    "graph_id": ["agent", "other"],
+    'we"ird\\key': ["x", 1, None],
+    "ü.key": ["é", "e\u0301", "line\nbreak"],
+    "": ["empty", 0],
+    "nested": [{"a": 1}, {"a": {"b": [1, 2]}}, {"a": 1.0, "c": None}, {}],
+    "tags": [["a", "b"], ["c"], [], [1, "1", True]],
+}
+NESTED_FILTERS = [{"a": 1}, {"a": {}}, {"a": {"b": [2]}}, {"c": None}, {}, {"a": True}]
+TAG_FILTERS = [["a"], ["a", "c"], [], ["1"], [1], [True], [1.0]]
+
+
+def random_metadata(rnd: random.Random) -> dict[str, Any]:
+    keys = rnd.sample(sorted(META_POOLS), rnd.randint(0, 6))
+    return {k: rnd.choice(META_POOLS[k]) for k in keys}
+
+
+def random_filter(rnd: random.Random, docs: list[dict]) -> dict[str, Any]:
+    """Mostly parts of an existing document (so there are matches), with look-alike values."""
+    base = rnd.choice(docs) if docs else {}
+    filt: dict[str, Any] = {}
+    for key in rnd.sample(sorted(META_POOLS), rnd.randint(1, 3)):
+        if key == "nested":
+            filt[key] = rnd.choice(NESTED_FILTERS)
+        elif key == "tags":
+            filt[key] = rnd.choice(TAG_FILTERS)
+        elif key in base and rnd.random() < 0.7:
+            filt[key] = base[key]
+        else:
+            filt[key] = rnd.choice(META_POOLS[key])
+    return filt
+
+
+async def test_thread_search_metadata_matches_containment(storage: Storage):
+    """Randomised: every metadata filter (alone, with status, ids, sorting and pagination)
+    returns exactly the threads a reference containment check selects, in order, with the
+    right total, while threads are created, updated, run, copied and deleted."""
+    rnd = random.Random(20240607)
+    statuses = ["idle", "busy", "error", "interrupted"]
+    for _ in range(40):
+        await new_thread(storage, metadata=random_metadata(rnd), status=rnd.choice(statuses))
+    everything, _ = await storage.thread_search(ThreadQuery(limit=1000))
+    for rec in rnd.sample(everything, 12):  # merges change values, kinds and shapes
+        await storage.thread_update(rec["thread_id"], metadata=random_metadata(rnd))
+    for rec in rnd.sample(everything, 6):  # state changes move threads between statuses
+        await storage.thread_set_state(rec["thread_id"], values={"v": 1}, interrupts={}, status=rnd.choice(statuses))
+    for rec in rnd.sample(everything, 4):  # runs add graph_id / assistant_id
+        await add_run(storage, rec["thread_id"])
+    for rec in rnd.sample(everything, 3):
+        await storage.thread_create(thread_rec(metadata=dict(rec["metadata"])))  # a copy
+    for rec in rnd.sample(everything, 5):
+        assert await storage.thread_delete(rec["thread_id"])
+    await storage.thread_create(thread_rec(metadata={}))  # a run on a new thread: one insert
+    await storage.run_create(
+        run_rec(tid := uuid7()), thread=thread_rec(thread_id=tid, metadata={"user": "u1"}), if_not_exists="create"
+    )
+
+    threads, total = await storage.thread_search(ThreadQuery(limit=1000))
+    assert total == len(threads)
+    docs = [t["metadata"] for t in threads]
+    sort_keys = ["created_at", "updated_at", "thread_id", "status"]
+
+    def expected(filt: dict, status: str | None, pool: list[dict], sort_by: str, order: str) -> list[str]:
+        hits = [t for t in pool if contains(t["metadata"], filt) and (status is None or t["status"] == status)]
+        hits.sort(key=lambda t: (t[sort_by], t["thread_id"]), reverse=order == "desc")
+        return [t["thread_id"] for t in hits]
+
+    for i in range(150):
+        filt = random_filter(rnd, docs)
+        status = rnd.choice(statuses) if i % 3 == 0 else None
+        sort_by, order = rnd.choice(sort_keys), rnd.choice(["asc", "desc"])
+        pool = threads
+        query_ids = None
+        if i % 10 == 0:
+            pool = rnd.sample(threads, 8)
+            query_ids = [t["thread_id"] for t in pool] + [uuid7()]
+        want = expected(filt, status, pool, sort_by, order)
+        for limit, offset in [(1000, 0), (2, 0), (3, 1), (1, max(0, len(want) - 1)), (5, len(want) + 2)]:
+            page, total = await storage.thread_search(
+                ThreadQuery(ids=query_ids, metadata=filt, status=status, limit=limit, offset=offset, sort_by=sort_by, sort_order=order)
+            )
+            context = (filt, status, sort_by, order, limit, offset, query_ids is not None)
+            if sort_by == "status":  # ties broken by thread_id: compare as a set per page
+                assert set(ids(page, "thread_id")) <= set(want), context
+            else:
+                assert ids(page, "thread_id") == want[offset : offset + limit], context
+            assert total == len(want), context
+
+
+async def test_thread_search_universal_and_missing_terms(storage: Storage):
+    """A term every thread matches filters nothing; a term no thread matches empties the
+    result; both stay right as threads come and go."""
+    made = [await new_thread(storage, metadata={"graph_id": "agent", "k": i % 3}) for i in range(6)]
+
+    async def search(**kw: Any) -> tuple[list[str], int]:
+        page, total = await storage.thread_search(ThreadQuery(**{"limit": 100, **kw}))
+        return ids(page, "thread_id"), total
+
+    k1 = [t["thread_id"] for t in reversed(made) if t["metadata"]["k"] == 1]
+    assert await search(metadata={"graph_id": "agent", "k": 1}) == (k1, 2)
+    assert await search(metadata={"graph_id": "agent"}) == ([t["thread_id"] for t in reversed(made)], 6)
+    assert await search(metadata={"graph_id": "agent", "k": 7}) == ([], 0)
+    assert await search(metadata={"graph_id": "other"}) == ([], 0)
+    assert await search(metadata={"graph_id": "agent"}, status="busy") == ([], 0)
+    assert (await search(metadata={"graph_id": "agent", "k": 1}, limit=1))[1] == 2
+
+    odd = await new_thread(storage, metadata={"k": 1})  # no graph_id: the term filters again
+    assert await search(metadata={"graph_id": "agent", "k": 1}) == (k1, 2)
+    assert await search(metadata={"k": 1}) == ([odd["thread_id"], *k1], 3)
+    await storage.thread_update(odd["thread_id"], metadata={"graph_id": "agent"})
+    assert await search(metadata={"graph_id": "agent", "k": 1}) == ([odd["thread_id"], *k1], 3)
+    await storage.thread_update(odd["thread_id"], metadata={"k": "1"})  # a string is not a number
+    assert await search(metadata={"graph_id": "agent", "k": 1}) == (k1, 2)
+    assert await search(metadata={"k": "1"}) == ([odd["thread_id"]], 1)
+    for t in made:
+        await storage.thread_delete(t["thread_id"])
+    assert await search(metadata={"graph_id": "agent"}) == ([odd["thread_id"]], 1)
+    assert await search(metadata={"k": 1}) == ([], 0)
+    assert await search(status="idle") == ([odd["thread_id"]], 1)
+    page, total = await storage.thread_search(ThreadQuery(metadata={"graph_id": "agent"}, limit=0))
+    assert page == [] and total == 1
+    page, total = await storage.thread_search(ThreadQuery(status="idle", limit=0))
+    assert page == [] and total == 1
+
+
 async def test_thread_ttl(storage: Storage):
     ttl_delete = {"strategy": "delete", "ttl": 1}
     t1 = await new_thread(storage, ttl=ttl_delete)
@@ -900,3 +1044,54 @@ async def test_survives_reopen(storage: Storage, backend: Backend):
     assert len(history) >= 2
     (c2,) = await again.claim_runs("w", 1, LONG, 3)
     assert c2.run["run_id"] == pending["run_id"]
+
+
+async def test_embedded_search_index_migration(tmp_path):
+    """A schema-1 database (no metadata index, no per-status counters) is migrated when it
+    is opened: searches and totals are right at once, and reopening changes nothing."""
+    import sqlite3
+
+    from agentserver.storage.embedded import DB_FILE, EmbeddedStorage
+
+    path = tmp_path / "agentserver"
+    storage = EmbeddedStorage(path)
+    await storage.setup()
+    made = [
+        await new_thread(storage, metadata={"user": f"u{i % 3}", "n": i % 2, "deep": {"x": i}}, status="busy" if i % 4 == 0 else "idle")
+        for i in range(12)
+    ]
+    await storage.close()
+    conn = sqlite3.connect(path / DB_FILE)
+    names = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' "
+        "AND (name LIKE 'thread_meta%' OR name LIKE 'threads_status_count%')"
+    ).fetchall()
+    assert len(names) == 8
+    for (name,) in names:
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute("DROP TABLE thread_meta")
+    conn.execute("DROP TABLE thread_meta_counts")
+    conn.execute("DELETE FROM row_counts WHERE name LIKE 'threads.status:%'")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    u1 = [t["thread_id"] for t in reversed(made) if t["metadata"]["user"] == "u1"]
+    for _ in range(2):  # the migration, then a plain reopen
+        storage = EmbeddedStorage(path)
+        await storage.setup()
+        try:
+            page, total = await storage.thread_search(ThreadQuery(metadata={"user": "u1"}, limit=100))
+            assert (ids(page, "thread_id"), total) == (u1, len(u1))
+            page, total = await storage.thread_search(ThreadQuery(metadata={"user": "u1", "n": 1}, limit=1))
+            assert total == len(u1) - 2 and len(page) == 1  # threads 7 and (before the update) 1
+            page, total = await storage.thread_search(ThreadQuery(metadata={"deep": {"x": 4}, "n": 0}, limit=100))
+            assert (ids(page, "thread_id"), total) == ([made[4]["thread_id"]], 1)
+            assert (await storage.thread_search(ThreadQuery(status="busy", limit=1)))[1] == 3
+            assert (await storage.thread_search(ThreadQuery(status="idle", limit=1)))[1] == 9
+            await storage.thread_update(made[1]["thread_id"], metadata={"user": "u2"})  # kept up to date
+            u1 = [t for t in u1 if t != made[1]["thread_id"]]
+            page, total = await storage.thread_search(ThreadQuery(metadata={"user": "u1"}, limit=100))
+            assert (ids(page, "thread_id"), total) == (u1, len(u1))
+        finally:
+            await storage.close()

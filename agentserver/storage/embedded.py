@@ -17,8 +17,15 @@ process (not necessarily an OS crash or power loss).
 Encoding: timestamps are integer microseconds since the Unix epoch (UTC), turned back into
 timezone-aware datetimes in records; JSON fields are stored as JSON text, so metadata / values
 filters run in SQLite (`json_extract`, `json_type`, `json_each`) with Postgres `@>` semantics.
-Thread and assistant totals come from trigger-maintained counters, so an unfiltered page never
-scans the table.
+Thread and assistant totals come from trigger-maintained counters (threads also per status), so
+an unfiltered or status-only page never scans the table.
+
+Thread metadata search: triggers keep `thread_meta`, one row per top-level scalar metadata value
+of every thread (key, kind, SQL value, the thread's created_at, thread_id), in step with every
+write of `threads`. A filter's top-level scalar entries are index lookups there: the most
+selective one drives the page (in created_at order straight from the index), the others are
+probes, and only nested objects/arrays keep the JSON predicates, on the narrowed rows. Pages are
+two-phase (thread ids first, whole rows for the page only).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import functools
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -57,7 +65,10 @@ STORE_FILE = "store.sqlite"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
 
-SCHEMA_VERSION = 1
+# 2: thread_meta (+ counts) and per-status thread counters. `CREATE ... IF NOT EXISTS` never
+# replaces an object: changing a trigger or table definition needs a new version whose migration
+# drops and recreates it.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS assistants (
@@ -143,7 +154,100 @@ CREATE TRIGGER IF NOT EXISTS assistants_count_ins AFTER INSERT ON assistants
     BEGIN UPDATE row_counts SET n = n + 1 WHERE name = 'assistants'; END;
 CREATE TRIGGER IF NOT EXISTS assistants_count_del AFTER DELETE ON assistants
     BEGIN UPDATE row_counts SET n = n - 1 WHERE name = 'assistants'; END;
+
+-- threads per status: row_counts 'threads.status:<status>'
+CREATE TRIGGER IF NOT EXISTS threads_status_count_ins AFTER INSERT ON threads BEGIN
+    INSERT INTO row_counts VALUES ('threads.status:' || NEW.status, 1)
+        ON CONFLICT (name) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS threads_status_count_del AFTER DELETE ON threads BEGIN
+    UPDATE row_counts SET n = n - 1 WHERE name = 'threads.status:' || OLD.status;
+END;
+CREATE TRIGGER IF NOT EXISTS threads_status_count_upd AFTER UPDATE OF status ON threads
+    WHEN OLD.status IS NOT NEW.status BEGIN
+    UPDATE row_counts SET n = n - 1 WHERE name = 'threads.status:' || OLD.status;
+    INSERT INTO row_counts VALUES ('threads.status:' || NEW.status, 1)
+        ON CONFLICT (name) DO UPDATE SET n = n + 1;
+END;
+
+-- Top-level scalar metadata of every thread. kind: 's' text, 'n' number (integer or real, equal
+-- when numerically equal, as json_extract compares), 't' true, 'f' false, 'z' null; value: the
+-- SQL value json_extract gives (0 for t/f/z). `value` has no affinity: text stays text.
+CREATE TABLE IF NOT EXISTS thread_meta (
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    thread_id TEXT NOT NULL,
+    PRIMARY KEY (key, kind, value, created_at, thread_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS thread_meta_thread ON thread_meta (thread_id);
+CREATE TRIGGER IF NOT EXISTS thread_meta_ins AFTER INSERT ON threads BEGIN
+    INSERT OR IGNORE INTO thread_meta (key, kind, value, created_at, thread_id)
+    {meta_rows_new};
+END;
+CREATE TRIGGER IF NOT EXISTS thread_meta_upd AFTER UPDATE OF metadata, created_at, thread_id ON threads
+    WHEN OLD.metadata IS NOT NEW.metadata OR OLD.created_at IS NOT NEW.created_at
+        OR OLD.thread_id IS NOT NEW.thread_id BEGIN
+    -- only the entries that changed: unchanged ones keep their pages clean
+    DELETE FROM thread_meta WHERE thread_id = OLD.thread_id
+        AND (key, kind, value, created_at, thread_id) NOT IN ({meta_rows_new});
+    INSERT OR IGNORE INTO thread_meta (key, kind, value, created_at, thread_id)
+    {meta_rows_new};
+END;
+CREATE TRIGGER IF NOT EXISTS thread_meta_del AFTER DELETE ON threads BEGIN
+    DELETE FROM thread_meta WHERE thread_id = OLD.thread_id;
+END;
+-- threads per (key, kind, value) of thread_meta (numerically equal numbers share a row)
+CREATE TABLE IF NOT EXISTS thread_meta_counts (
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value BLOB NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (key, kind, value)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS thread_meta_count_ins AFTER INSERT ON thread_meta BEGIN
+    INSERT INTO thread_meta_counts VALUES (NEW.key, NEW.kind, NEW.value, 1)
+        ON CONFLICT (key, kind, value) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS thread_meta_count_del AFTER DELETE ON thread_meta BEGIN
+    UPDATE thread_meta_counts SET n = n - 1
+        WHERE key = OLD.key AND kind = OLD.kind AND value = OLD.value;
+    DELETE FROM thread_meta_counts
+        WHERE key = OLD.key AND kind = OLD.kind AND value = OLD.value AND n <= 0;
+END;
 """
+
+# The thread_meta rows of one thread's metadata (used by the triggers and the migration).
+_META_ROWS = """SELECT j.key,
+        CASE j.type WHEN 'text' THEN 's' WHEN 'integer' THEN 'n' WHEN 'real' THEN 'n'
+                    WHEN 'true' THEN 't' WHEN 'false' THEN 'f' ELSE 'z' END,
+        CASE WHEN j.type IN ('text', 'integer', 'real') THEN j.atom ELSE 0 END,
+        {created_at}, {thread_id}
+    FROM {source}json_each({metadata}) AS j
+    WHERE json_type({metadata}) = 'object' AND j.type NOT IN ('object', 'array')"""
+
+_SCHEMA = _SCHEMA.replace(
+    "{meta_rows_new}",
+    _META_ROWS.format(
+        source="", created_at="NEW.created_at", thread_id="NEW.thread_id", metadata="NEW.metadata"
+    ),
+)
+
+# Schema version 1 -> 2: fill thread_meta (its triggers fill thread_meta_counts) and the
+# per-status counters from existing threads.
+_MIGRATE_2 = (
+    "DELETE FROM thread_meta;\n"
+    "DELETE FROM thread_meta_counts;\n"
+    "INSERT OR IGNORE INTO thread_meta (key, kind, value, created_at, thread_id)\n"
+    + _META_ROWS.format(
+        source="threads AS t, ", created_at="t.created_at", thread_id="t.thread_id", metadata="t.metadata"
+    )
+    + ";\n"
+    "DELETE FROM row_counts WHERE name LIKE 'threads.status:%';\n"
+    "INSERT INTO row_counts SELECT 'threads.status:' || status, count(*) FROM threads "
+    "GROUP BY status;\n"
+)
 
 _ASSISTANT_COLS = (
     "assistant_id, graph_id, config, context, metadata, name, description, version, "
@@ -355,6 +459,171 @@ def _filter_sql(col: str, filt: dict[str, Any] | None, params: list[Any]) -> str
     return _containment_sql(col, "$", filt, params)
 
 
+# ---- thread search plans --------------------------------------------------------------------
+_STATUS_COUNT = "threads.status:"
+
+# (key, kind, value): a lookup in thread_meta (see the schema)
+_MetaTerm = tuple[str, str, Any]
+
+
+def _meta_term(key: Any, value: Any) -> _MetaTerm | None:
+    """The thread_meta lookup that decides `{key: value}` containment for a top-level scalar,
+    exactly as `_containment_sql` would; None for objects, arrays and out-of-range integers."""
+    if value is None:
+        return (str(key), "z", 0)
+    if isinstance(value, bool):
+        return (str(key), "t" if value else "f", 0)
+    if isinstance(value, int):
+        return (str(key), "n", value) if _INT_MIN <= value <= _INT_MAX else None
+    if isinstance(value, float):
+        return (str(key), "n", value)
+    if isinstance(value, str):
+        return (str(key), "s", value)
+    return None
+
+
+def _split_metadata(filt: dict[str, Any] | None) -> tuple[list[_MetaTerm], dict[str, Any]]:
+    """Split a metadata filter into thread_meta lookups and the rest (nested objects, arrays)."""
+    terms: list[_MetaTerm] = []
+    rest: dict[str, Any] = {}
+    for key, value in (filt or {}).items():
+        term = _meta_term(key, value)
+        if term is None:
+            rest[key] = value
+        else:
+            terms.append(term)
+    return terms, rest
+
+
+def _term_count(conn: sqlite3.Connection, term: _MetaTerm) -> int:
+    row = conn.execute(
+        "SELECT n FROM thread_meta_counts WHERE key = ? AND kind = ? AND value = ?", term
+    ).fetchone()
+    return row[0] if row else 0
+
+
+def _counter(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT n FROM row_counts WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else 0
+
+
+def _probe_sql(term: _MetaTerm, alias: str, params: list[Any]) -> str:
+    """True when the thread of row `alias` (with created_at, thread_id) matches `term`: one
+    primary-key probe of thread_meta."""
+    params.extend(term)
+    return (
+        "EXISTS (SELECT 1 FROM thread_meta AS x WHERE x.key = ? AND x.kind = ? AND x.value = ? "
+        f"AND x.created_at = {alias}.created_at AND x.thread_id = {alias}.thread_id)"
+    )
+
+
+@dataclass
+class _SearchPlan:
+    page_sql: str  # the page's thread ids, in order
+    page_params: list[Any]
+    count_sql: str | None  # None when `total` is known
+    count_params: list[Any]
+    total: int | None
+
+
+def _thread_search_plan(conn: sqlite3.Connection, q: ThreadQuery) -> _SearchPlan:
+    """Plan a thread search from the trigger-maintained counts (no scan): the most selective
+    metadata term drives (a thread_meta range, in created_at order) unless the status or an id
+    list is narrower; other terms are probes; nested parts stay JSON predicates."""
+    limit = max(0, int(q.limit))
+    offset = max(0, int(q.offset))
+    sort = q.sort_by if q.sort_by in _THREAD_SORTS else "created_at"
+    order = "ASC" if str(q.sort_order).lower() == "asc" else "DESC"
+    all_threads = _counter(conn, "threads")
+    status_n = _counter(conn, _STATUS_COUNT + q.status) if q.status is not None else None
+    terms, rest = _split_metadata(q.metadata)
+    driver: _MetaTerm | None = None
+    driver_n = 0
+    if terms:
+        counts = [_term_count(conn, t) for t in terms]
+        if min(counts) == 0 or status_n == 0:
+            return _SearchPlan("SELECT NULL AS thread_id WHERE 0", [], None, [], 0)
+        # a term every thread matches (graph_id with one graph) filters nothing
+        kept = [(n, t) for n, t in zip(counts, terms) if n < all_threads]
+        terms = [t for _, t in kept]
+        if kept and q.ids is None:
+            driver_n, driver = min(kept, key=lambda nt: nt[0])
+            if status_n is not None and status_n < driver_n:
+                driver = None  # the status index is narrower
+
+    def plan(for_count: bool) -> tuple[str, list[Any], str, str]:
+        """FROM ... WHERE ... of the page or the count; the ORDER BY and id columns."""
+        params: list[Any] = []
+        where: list[str] = []
+        if driver is not None:
+            need_t = bool(rest or q.values) or (
+                not for_count and sort not in ("created_at", "thread_id")
+            )
+            source = "thread_meta AS m"
+            if need_t:  # CROSS JOIN: m stays the outer loop
+                source += " CROSS JOIN threads AS t ON t.thread_id = m.thread_id"
+            where.append("m.key = ? AND m.kind = ? AND m.value = ?")
+            params.extend(driver)
+            for term in terms:
+                if term is not driver:
+                    where.append(_probe_sql(term, "m", params))
+            if q.status is not None:
+                if need_t:
+                    where.append("t.status = ?")
+                else:  # a probe of the covering status index, not a row read
+                    where.append(
+                        "EXISTS (SELECT 1 FROM threads AS s INDEXED BY threads_status "
+                        "WHERE s.status = ? AND s.created_at = m.created_at "
+                        "AND s.thread_id = m.thread_id)"
+                    )
+                params.append(q.status)
+            key_col = "m." + sort if sort in ("created_at", "thread_id") else "t." + sort
+            id_col = "m.thread_id"
+        else:
+            source = "threads AS t"
+            if q.ids is not None:
+                where.append("t.thread_id IN (SELECT value FROM json_each(?))")
+                params.append(_js([str(i) for i in q.ids]))
+            if q.status is not None:
+                # The status index serves counts, narrow statuses and created_at order; a common
+                # status is cheaper checked while walking the sort column's index.
+                indexed = q.ids is None and (
+                    for_count
+                    or bool(terms)
+                    or sort == "created_at"
+                    or (status_n or 0) ** 2 <= (limit + offset) * all_threads
+                )
+                where.append("t.status = ?" if indexed else "+t.status = ?")
+                params.append(q.status)
+            for term in terms:
+                where.append(_probe_sql(term, "t", params))
+            key_col = "t." + sort
+            id_col = "t.thread_id"
+        meta = _filter_sql("t.metadata", rest, params)
+        if meta:
+            where.append(meta)
+        vals = _filter_sql("t.vals", q.values, params)
+        if vals:
+            where.append(vals)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        return source + clause, params, key_col, id_col
+
+    source, params, key_col, id_col = plan(False)
+    tiebreak = "" if sort == "thread_id" else f", {id_col} {order}"
+    page_sql = f"SELECT {id_col} FROM {source} ORDER BY {key_col} {order}{tiebreak} LIMIT ? OFFSET ?"
+    page_params = [*params, limit, offset]
+    if q.ids is None and not rest and not q.values:
+        if not terms:
+            total = all_threads if q.status is None else status_n
+            return _SearchPlan(page_sql, page_params, None, [], total)
+        if len(terms) == 1 and q.status is None:
+            return _SearchPlan(page_sql, page_params, None, [], driver_n)
+    count_source, count_params, _, _ = plan(True)
+    return _SearchPlan(
+        page_sql, page_params, f"SELECT count(*) FROM {count_source}", count_params, None
+    )
+
+
 class EmbeddedStorage(Storage):
     """SQLite storage on local disk. See the module docstring."""
 
@@ -431,7 +700,13 @@ class EmbeddedStorage(Storage):
                 f"{self.path / DB_FILE} has schema version {version}, newer than this server "
                 f"({SCHEMA_VERSION}): upgrade agentserver"
             )
-        conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        # (re)build the derived search tables whenever they are new; idempotent
+        fresh = not {"thread_meta", "thread_meta_counts"} <= tables
+        migrate = _MIGRATE_2 if version < 2 or fresh else ""
+        conn.executescript(
+            "BEGIN IMMEDIATE;" + _SCHEMA + migrate + f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        )
         self._conn = conn
 
     def _close_db(self) -> None:
@@ -787,33 +1062,24 @@ class EmbeddedStorage(Storage):
 
     @staticmethod
     def _thread_search(conn: sqlite3.Connection, q: ThreadQuery) -> tuple[list[Record], int]:
-        where: list[str] = []
-        params: list[Any] = []
-        if q.ids is not None:
-            where.append("thread_id IN (SELECT value FROM json_each(?))")
-            params.append(_js([str(i) for i in q.ids]))
-        if q.status is not None:
-            where.append("status = ?")
-            params.append(q.status)
-        meta = _filter_sql("metadata", q.metadata, params)
-        if meta:
-            where.append(meta)
-        vals = _filter_sql("vals", q.values, params)
-        if vals:
-            where.append(vals)
+        plan = _thread_search_plan(conn, q)
         sort = q.sort_by if q.sort_by in _THREAD_SORTS else "created_at"
         order = "ASC" if str(q.sort_order).lower() == "asc" else "DESC"
-        tiebreak = "" if sort == "thread_id" else f", thread_id {order}"
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        tiebreak = "" if sort == "thread_id" else f", r.thread_id {order}"
+        # Two phases: the page's ids (index-only where possible), then whole rows for them only.
+        cols = ", ".join("r." + c.strip() for c in _THREAD_COLS.split(","))
         rows = conn.execute(
-            f"SELECT {_THREAD_COLS} FROM threads{clause} "
-            f"ORDER BY {sort} {order}{tiebreak} LIMIT ? OFFSET ?",
-            (*params, max(0, int(q.limit)), max(0, int(q.offset))),
+            f"SELECT {cols} FROM ({plan.page_sql}) AS p CROSS JOIN threads AS r "
+            f"ON r.thread_id = p.thread_id ORDER BY r.{sort} {order}{tiebreak}",
+            plan.page_params,
         ).fetchall()
-        if where:
-            (total,) = conn.execute(f"SELECT count(*) FROM threads{clause}", params).fetchone()
-        else:
-            (total,) = conn.execute("SELECT n FROM row_counts WHERE name = 'threads'").fetchone()
+        total = plan.total
+        if total is None:
+            limit, offset = max(0, int(q.limit)), max(0, int(q.offset))
+            if 0 < len(rows) < limit or (not rows and offset == 0 and limit > 0):
+                total = offset + len(rows)  # the page holds the last match
+            else:
+                (total,) = conn.execute(plan.count_sql, plan.count_params).fetchone()  # type: ignore[arg-type]
         return [_thread(r) for r in rows], total
 
     async def thread_expired(self, now: datetime, limit: int = 100) -> list[tuple[str, str]]:
@@ -886,7 +1152,13 @@ class EmbeddedStorage(Storage):
         if created_thread:
             if if_not_exists != "create":
                 raise NotFound(f"Thread {thread_id} not found")
-            self._thread_insert(conn, {**(thread or {}), "thread_id": thread_id, "status": "busy"}, at)
+            # with its graph metadata already, so the update below leaves metadata as is
+            metadata = {**((thread or {}).get("metadata") or {}), **_graph_metadata(run, thread)}
+            self._thread_insert(
+                conn,
+                {**(thread or {}), "thread_id": thread_id, "status": "busy", "metadata": metadata},
+                at,
+            )
             row = conn.execute(
                 "SELECT metadata, ttl FROM threads WHERE thread_id = ?", (thread_id,)
             ).fetchone()
