@@ -69,6 +69,27 @@ def wait_body(result: dict | None, thread: Record | None) -> Any:
     return values
 
 
+class _GoneCheck:
+    """While a subscriber idles, check now and then whether its run ended without its log ever
+    ending (log expired, or lost with the broker). Checks back off from every idle tick to every
+    30 s, so thousands of clients waiting on queued runs do not poll storage."""
+
+    MAX_INTERVAL = 30.0
+
+    def __init__(self, svc: "RunService", run_id: str, thread_id: str | None) -> None:
+        self.svc, self.run_id, self.thread_id = svc, run_id, thread_id
+        self.interval = 0.0
+        self.next_at = 0.0
+
+    async def __call__(self) -> bool:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.next_at:
+            return False
+        self.interval = min(max(self.interval * 2, self.svc.settings.bg_job_sweep_secs), self.MAX_INTERVAL)
+        self.next_at = loop.time() + self.interval
+        return await self.svc._log_gone(self.run_id, self.thread_id)
+
+
 class RunService:
     def __init__(self, rt: "Runtime") -> None:
         self.rt = rt
@@ -265,9 +286,10 @@ class RunService:
     async def wait_result(self, run_id: str, thread_id: str | None) -> Any:
         """Block until the run is done; the /wait and /join body."""
         result: dict | None = None
+        gone = _GoneCheck(self, run_id, thread_id)
         async for event in self.broker.subscribe(run_id, after="0", idle_secs=self.settings.bg_job_sweep_secs):
             if event is None:
-                if await self._log_gone(run_id, thread_id):
+                if await gone():
                     break
                 continue
             if event.event == RESULT_EVENT:
@@ -292,9 +314,10 @@ class RunService:
     ) -> AsyncIterator[Event | None]:
         """The run's client-visible events (internal ones filtered), None on idle (heartbeat).
         Ends when the run's log ends, or when the run is over and its log is gone."""
+        gone = _GoneCheck(self, run_id, thread_id)
         async for event in self.broker.subscribe(run_id, after=after, idle_secs=self.settings.stream_heartbeat_secs):
             if event is None:
-                if await self._log_gone(run_id, thread_id):
+                if await gone():
                     return
                 yield None
                 continue
