@@ -56,12 +56,10 @@ class Job:
         unwatch = None
         outcome: tuple[str, Any] = ("success", None)
         try:
-            pending = await rt.broker.get_control(self.run_id)
-            if pending:
-                self.abort_reason = "rollback" if pending == "rollback" else "interrupt"
-            else:
-                unwatch = await rt.broker.watch_control(self.run_id, self._on_control)
-                await rt.broker.notify_thread(self.thread_id, self.run_id, "started")
+            # a cancel sent before the claim is delivered at once by watch_control
+            unwatch = await rt.broker.watch_control(self.run_id, self._on_control)
+            await rt.broker.notify_thread(self.thread_id, self.run_id, "started")
+            if self.abort_reason is None:
                 self.exec_task = self._start_execution()
                 try:
                     async with asyncio.timeout(self.worker.settings.bg_job_timeout_secs):
