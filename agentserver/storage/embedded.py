@@ -691,7 +691,8 @@ class EmbeddedStorage(Storage):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=10000")
-        conn.execute("PRAGMA cache_size=-32000")
+        conn.execute("PRAGMA cache_size=-131072")  # up to 128 MiB of pages, as used
+        conn.execute("PRAGMA mmap_size=268435456")  # reads through the OS page cache
         conn.create_function("agentserver_json_contains", 2, _sqlite_json_contains, deterministic=True)
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
