@@ -56,7 +56,27 @@ def _demote() -> dict:
     return {"user": pw.pw_uid, "group": pw.pw_gid}
 
 
-class PostgresServer:
+class _LocalServer:
+    """A server process of the tests with a scratch directory."""
+
+    dir: Path
+
+    def start(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PostgresServer(_LocalServer):
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="agentserver-pg-"))
         self.port = free_port()
@@ -111,13 +131,6 @@ class PostgresServer:
                 self.proc.wait()
         self.proc = None
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def create_database(self, name: str) -> str:
         subprocess.run(
@@ -129,7 +142,7 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
 
-class RedisServer:
+class RedisServer(_LocalServer):
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="agentserver-redis-"))
         self.port = free_port()
@@ -159,10 +172,3 @@ class RedisServer:
                 self.proc.wait()
         self.proc = None
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)

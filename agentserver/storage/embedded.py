@@ -315,19 +315,8 @@ def _assistant(row: tuple) -> Record:
 
 
 def _version(row: tuple) -> Record:
-    rec = {
-        "assistant_id": row[0],
-        "graph_id": row[1],
-        "config": loads(row[2]),
-        "context": loads(row[3]),
-        "metadata": loads(row[4]),
-        "name": row[5],
-        "description": row[6],
-        "version": row[7],
-        "created_at": _dt(row[8]),
-    }
-    rec["updated_at"] = rec["created_at"]
-    return rec
+    """A version row has the assistant's columns but no updated_at: it is its created_at."""
+    return _assistant((*row[:9], row[8]))
 
 
 def _thread(row: tuple) -> Record:

@@ -416,34 +416,16 @@ class _Index:
             d.clear()
 
     def set_ckpt_run(self, key: CkptKey, run_id: str | None) -> None:
-        self.drop_ckpt(key)
-        if run_id is not None:
-            self.ckpt_run[key] = run_id
-            self.run_ckpts[run_id].add(key)
+        _relink(self.ckpt_run, self.run_ckpts, key, run_id)
 
     def drop_ckpt(self, key: CkptKey) -> None:
-        old = self.ckpt_run.pop(key, None)
-        if old is not None:
-            keys = self.run_ckpts.get(old)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self.run_ckpts[old]
+        _relink(self.ckpt_run, self.run_ckpts, key, None)
 
     def set_write_run(self, key: WriteKey, run_id: str | None) -> None:
-        self.drop_write(key)
-        if run_id is not None:
-            self.write_run[key] = run_id
-            self.run_writes[run_id].add(key)
+        _relink(self.write_run, self.run_writes, key, run_id)
 
     def drop_write(self, key: WriteKey) -> None:
-        old = self.write_run.pop(key, None)
-        if old is not None:
-            keys = self.run_writes.get(old)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self.run_writes[old]
+        _relink(self.write_run, self.run_writes, key, None)
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -1059,3 +1041,18 @@ class DurableMemorySaver(InMemorySaver):
             ]:
                 for inner in list(self.writes.get(outer, {})):
                     self._delete_write((*outer, *inner), ops)
+
+
+def _relink(owner: dict, owned: dict, key, run_id: str | None) -> None:
+    """Move `key` to `run_id` (None: to no run) in a pair of maps kept as each other's inverse:
+    `owner[key] = run_id` and `owned[run_id] = {keys}`."""
+    old = owner.pop(key, None)
+    if old is not None:
+        keys = owned.get(old)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del owned[old]
+    if run_id is not None:
+        owner[key] = run_id
+        owned[run_id].add(key)
