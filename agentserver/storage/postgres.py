@@ -767,6 +767,26 @@ class PostgresStorage(Storage):
             raise RuntimeError("PostgresStorage.setup() has not been called")
         return self._store
 
+    async def _page(
+        self, table: str, cols: str, where: list[str], params: dict[str, Any], order: str, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of a search and the number of matches (no count query when the first
+        page already holds them all)."""
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        page_sql = f"SELECT {cols} FROM {table} {clause} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"
+        count_sql = f"SELECT count(*) AS n FROM {table} {clause}"
+        params = {**params, "limit": max(0, limit), "offset": max(0, offset)}
+
+        async def q(cur: AsyncCursor) -> tuple[list[dict[str, Any]], int]:
+            await cur.execute(page_sql, params)
+            rows = await cur.fetchall()
+            if offset == 0 and len(rows) < limit:
+                return rows, len(rows)  # the whole result fits in this page
+            await cur.execute(count_sql, params)
+            return rows, (await cur.fetchone())["n"]
+
+        return await self._read(q)
+
     # ---- plumbing --------------------------------------------------------------------------
     async def _read(
         self,
@@ -904,24 +924,8 @@ class PostgresStorage(Storage):
         if query.metadata:
             where.append("metadata @> %(metadata)s")
             params["metadata"] = _json(query.metadata)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
         order = _order_by(ASSISTANT_SORTS.get(query.sort_by, ASSISTANT_SORTS["created_at"]), query.sort_order)
-        page_sql = (
-            f"SELECT {ASSISTANT_COLS} FROM assistants {clause} ORDER BY {order} "
-            "LIMIT %(limit)s OFFSET %(offset)s"
-        )
-        count_sql = f"SELECT count(*) AS n FROM assistants {clause}"
-        params.update(limit=max(0, query.limit), offset=max(0, query.offset))
-
-        async def q(cur: AsyncCursor) -> tuple[list[dict[str, Any]], int]:
-            await cur.execute(page_sql, params)
-            rows = await cur.fetchall()
-            if query.offset == 0 and len(rows) < query.limit:
-                return rows, len(rows)
-            await cur.execute(count_sql, params)
-            return rows, (await cur.fetchone())["n"]
-
-        rows, total = await self._read(q)
+        rows, total = await self._page("assistants", ASSISTANT_COLS, where, params, order, query.limit, query.offset)
         return [_assistant(r) for r in rows], total
 
     async def assistant_versions(
@@ -1040,24 +1044,8 @@ class PostgresStorage(Storage):
         if query.status:
             where.append("status = %(status)s")
             params["status"] = query.status
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
         order = _order_by(THREAD_SORTS.get(query.sort_by, THREAD_SORTS["created_at"]), query.sort_order)
-        page_sql = (
-            f"SELECT {THREAD_COLS} FROM threads {clause} ORDER BY {order} "
-            "LIMIT %(limit)s OFFSET %(offset)s"
-        )
-        count_sql = f"SELECT count(*) AS n FROM threads {clause}"
-        params.update(limit=max(0, query.limit), offset=max(0, query.offset))
-
-        async def q(cur: AsyncCursor) -> tuple[list[dict[str, Any]], int]:
-            await cur.execute(page_sql, params)
-            rows = await cur.fetchall()
-            if query.offset == 0 and len(rows) < query.limit:
-                return rows, len(rows)  # the whole result fits in this page
-            await cur.execute(count_sql, params)
-            return rows, (await cur.fetchone())["n"]
-
-        rows, total = await self._read(q)
+        rows, total = await self._page("threads", THREAD_COLS, where, params, order, query.limit, query.offset)
         return [_thread(r) for r in rows], total
 
     async def thread_expired(self, now: datetime, limit: int = 100) -> list[tuple[str, str]]:

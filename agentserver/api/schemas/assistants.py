@@ -70,19 +70,6 @@ class AssistantSetLatest(RequestBody):
     version: int = Field(ge=1, description="The version to make current.")
 
 
-class Assistant(WireModel):
-    assistant_id: str
-    graph_id: str
-    config: dict[str, Any]
-    context: dict[str, Any] | None = None
-    metadata: dict[str, Any]
-    name: str | None = None
-    description: str | None = None
-    version: int
-    created_at: str
-    updated_at: str
-
-
 class AssistantVersion(WireModel):
     assistant_id: str
     graph_id: str
@@ -93,6 +80,10 @@ class AssistantVersion(WireModel):
     description: str | None = None
     version: int
     created_at: str
+
+
+class Assistant(AssistantVersion):
+    updated_at: str
 
 
 class GraphSchemas(WireModel):
