@@ -48,3 +48,33 @@ async def test_cancel_sent_before_the_claim_is_obeyed(tmp_path):
         assert not log.exists(), "the graph ran although the run was cancelled"
     finally:
         await rt.stop()
+
+
+async def test_stop_execution_cancels_until_the_execution_stops(tmp_path):
+    """LangGraph can sit waiting for a node task that missed the first cancellation; the job
+    cancels again until the execution is gone."""
+    from agentserver.storage.base import Claimed
+    from agentserver.worker.job import Job
+
+    rt = await _runtime(tmp_path)
+    try:
+        node_done = asyncio.Event()
+
+        async def node():
+            await asyncio.sleep(30)
+            node_done.set()
+
+        async def execution():
+            inner = asyncio.ensure_future(node())
+            try:
+                await asyncio.sleep(30)
+            finally:
+                await asyncio.wait({inner})  # like an executor waiting for its tasks on exit
+
+        job = Job(Worker(rt), Claimed(run={"run_id": "r", "thread_id": "t"}, lease_id="l", attempt=1))
+        job.exec_task = asyncio.ensure_future(execution())
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(job._stop_execution(), 5)
+        assert job.exec_task.cancelled() and not node_done.is_set()
+    finally:
+        await rt.stop()

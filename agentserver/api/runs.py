@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, AsyncIterator, Literal
 
+import structlog
 from fastapi import APIRouter, Body, Header, Query, Request
 from starlette.responses import Response, StreamingResponse
 
@@ -12,8 +13,10 @@ from agentserver.api.deps import services
 from agentserver.api.responses import JSON, public
 from agentserver.api.schemas.runs import RunCancelMany, RunCreate
 from agentserver.api.sse import HEARTBEAT, frame, frame_json, keepalive_json, sse_response
-from agentserver.errors import InvalidInput
+from agentserver.errors import Conflict, InvalidInput
 from agentserver.services.runs import CreatedRun, RunService
+
+log = structlog.get_logger(__name__)
 
 router = APIRouter(tags=["Thread Runs"])
 stateless = APIRouter(tags=["Stateless Runs"])
@@ -71,10 +74,14 @@ def _run_events(
 
 
 async def _cancel_quietly(svc: RunService, thread_id: str | None, run_id: str) -> None:
+    """on_disconnect=cancel: the client went away, so does its run."""
+    log.info("client disconnected; cancelling its run", run_id=run_id)
     try:
         await svc.cancel(thread_id, run_id, "interrupt")
-    except Exception:  # noqa: BLE001 - the run may have ended meanwhile
-        pass
+    except Conflict:
+        pass  # the run ended meanwhile
+    except Exception as exc:  # noqa: BLE001 - nobody is left to tell; keep a trace
+        log.warning("cancel on disconnect failed", run_id=run_id, error=repr(exc))
 
 
 def _stream_response(svc: RunService, created: CreatedRun, body: RunCreate) -> StreamingResponse:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+RECANCEL_SECS = 0.5
+
 
 class Job:
     def __init__(self, worker: "Worker", claimed: Claimed) -> None:
@@ -32,6 +34,7 @@ class Job:
         self.task: asyncio.Task | None = None
         self.exec_task: asyncio.Future | None = None
         self.abort_reason: str | None = None  # interrupt | rollback | lost_lease | shutdown
+        self._aborted: asyncio.Future = asyncio.get_running_loop().create_future()
 
     # ---- control ---------------------------------------------------------------------------
     def abort(self, reason: str) -> None:
@@ -39,6 +42,8 @@ class Job:
         if self.abort_reason in ("lost_lease",):
             return
         self.abort_reason = reason
+        if not self._aborted.done():
+            self._aborted.set_result(reason)
         if self.exec_task is not None and not self.exec_task.done():
             self.exec_task.cancel()
 
@@ -61,18 +66,12 @@ class Job:
             await rt.broker.notify_thread(self.thread_id, self.run_id, "started")
             if self.abort_reason is None:
                 self.exec_task = self._start_execution()
-                try:
-                    async with asyncio.timeout(self.worker.settings.bg_job_timeout_secs):
-                        await asyncio.shield(self.exec_task)
-                except TimeoutError:
-                    self.exec_task.cancel()
-                    await asyncio.gather(self.exec_task, return_exceptions=True)
+                if await self._supervise():
                     outcome = ("timeout", None)
         except asyncio.CancelledError:
             # the job task itself was cancelled (shutdown past the grace period)
             if self.exec_task is not None:
-                self.exec_task.cancel()
-                await asyncio.gather(self.exec_task, return_exceptions=True)
+                await self._stop_execution()
             if self.abort_reason is None:
                 self.abort_reason = "shutdown"
         except Exception as exc:  # noqa: BLE001 - every failure ends the run
@@ -94,6 +93,36 @@ class Job:
             pass
         except Exception as exc:  # noqa: BLE001 - the lease expires and another worker retries
             log_.error("could not record the end of the run", error=repr(exc))
+
+    async def _supervise(self) -> bool:
+        """Wait for the graph to finish; True if BG_JOB_TIMEOUT_SECS ran out first. Once the run
+        is aborted or timed out, the execution is stopped with `_stop_execution`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.worker.settings.bg_job_timeout_secs
+        task = self.exec_task
+        assert task is not None
+        while not task.done() and self.abort_reason is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                await self._stop_execution()
+                return True
+            await asyncio.wait({task, self._aborted}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await self._stop_execution()
+        return False
+
+    async def _stop_execution(self) -> None:
+        """Cancel the execution until it stops. One cancellation is not always enough: LangGraph
+        can be left waiting for a node task that the first one missed."""
+        task = self.exec_task
+        assert task is not None
+        attempts = 0
+        while not task.done():
+            if attempts:
+                log.info("execution still running after a cancel; cancelling again", run_id=self.run_id)
+            task.cancel()
+            attempts += 1
+            await asyncio.wait({task}, timeout=RECANCEL_SECS)
 
     def _start_execution(self) -> asyncio.Future:
         from agentserver.worker.execution import execute
