@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -91,7 +89,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
 
     from agentserver.logging import configure_logging
-    from agentserver.settings import Settings, SettingsError
 
     if args.command == "migrate":
         settings = _settings_or_exit()

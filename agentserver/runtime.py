@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
@@ -14,6 +14,9 @@ from agentserver.broker.base import Broker
 from agentserver.graphs import GraphRegistry
 from agentserver.settings import Settings
 from agentserver.storage.base import Storage
+
+if TYPE_CHECKING:
+    from agentserver.worker import Worker
 
 log = structlog.get_logger(__name__)
 

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 import pytest
-from langgraph_sdk.errors import ConflictError, NotFoundError
+from langgraph_sdk.errors import NotFoundError
 
 
 async def test_background_run_join_and_get(client):

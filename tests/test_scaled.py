@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 from langgraph_sdk import get_client
 
-from tests.server import ScaledCluster, ServerProcess
+from tests.server import ScaledCluster
 
 
 @pytest.fixture

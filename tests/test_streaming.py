@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import pytest
 
 
 async def test_values_stream_starts_with_metadata(client):

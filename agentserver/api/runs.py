@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, AsyncIterator, Literal
+from typing import Annotated, AsyncIterator, Literal
 
 import structlog
 from fastapi import APIRouter, Body, Header, Query, Request
