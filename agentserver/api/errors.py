@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, Mapping, Sequence
 
 import structlog
 from fastapi import FastAPI, Request
@@ -20,9 +21,10 @@ def _loc(loc: tuple) -> str:
     return ".".join(parts) if parts else "body"
 
 
-def describe_validation(exc: RequestValidationError) -> str:
+def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
+    """One `detail` line naming each invalid field, from pydantic's (or FastAPI's) error list."""
     messages = []
-    for err in exc.errors():
+    for err in errors:
         kind = err.get("type", "")
         where = _loc(tuple(err.get("loc", ())))
         if kind == "json_invalid":
@@ -43,7 +45,7 @@ def error_response(request: Request, exc: Exception) -> JSON:
     if isinstance(exc, AgentServerError):
         return JSON({"detail": exc.detail}, status_code=exc.status_code)
     if isinstance(exc, RequestValidationError):
-        return JSON({"detail": describe_validation(exc)}, status_code=422)
+        return JSON({"detail": describe_validation(exc.errors())}, status_code=422)
     if isinstance(exc, StarletteHTTPException):
         return JSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
     if isinstance(exc, json.JSONDecodeError):

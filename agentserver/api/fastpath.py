@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentserver.api.errors import error_response
+from agentserver.api.errors import describe_validation, error_response
 from agentserver.api.responses import JSON
 
 
@@ -45,19 +45,6 @@ class HotRoute:
 
 def hot(method: str, path: str, endpoint, body: type[BaseModel] | None = None, *, required: bool = False) -> HotRoute:
     return HotRoute(method, tuple(path.strip("/").split("/")), endpoint, body, required)
-
-
-def _validation_detail(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        if err.get("type") == "json_invalid":
-            parts.append("Request body is not valid JSON")
-        elif err.get("type") == "missing":
-            parts.append(f"{where}: field required")
-        else:
-            parts.append(f"{where}: {err.get('msg', 'invalid value')}")
-    return "; ".join(parts) or "Invalid request"
 
 
 class FastPath:
@@ -92,7 +79,7 @@ class FastPath:
                     try:
                         params["body"] = route.body.model_validate_json(raw)
                     except ValidationError as exc:
-                        response = JSON({"detail": _validation_detail(exc)}, status_code=422)
+                        response = JSON({"detail": describe_validation(exc.errors())}, status_code=422)
                         return await response(scope, receive, send)
                 elif route.body_required:
                     response = JSON({"detail": "body: field required"}, status_code=422)
