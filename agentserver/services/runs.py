@@ -28,11 +28,6 @@ log = structlog.get_logger(__name__)
 # Internal event carrying a run's outcome; published last, never sent to clients.
 RESULT_EVENT = "__result__"
 
-KWARG_KEYS = (
-    "input", "command", "config", "context", "stream_mode", "interrupt_before", "interrupt_after",
-    "webhook", "feedback_keys", "temporary", "subgraphs", "resumable", "durability",
-    "on_disconnect", "checkpoint_id",
-)
 
 
 @dataclass
@@ -62,8 +57,11 @@ def wait_body(result: dict | None, thread: Record | None) -> Any:
         return None
     if thread.get("status") == "error" and thread.get("error"):
         return {"__error__": thread["error"]}
-    values = thread.get("values")
-    interrupts = thread.get("interrupts") or {}
+    return with_interrupts(thread.get("values"), thread.get("interrupts"))
+
+
+def with_interrupts(values: Any, interrupts: dict | None) -> Any:
+    """A state's values as /wait shows them: pending interrupts under `__interrupt__`."""
     if interrupts and isinstance(values, dict):
         return {**values, "__interrupt__": [i for group in interrupts.values() for i in group]}
     return values
@@ -268,11 +266,18 @@ class RunService:
                 RunEnd(status="interrupted", thread_status=await self._resting_status(run), delete_run=action == "rollback"),
             )
             if ended:
-                await self.broker.publish(run_id, RESULT_EVENT, dumps({"status": "interrupted", "values": None}))
-                await self.broker.finish_stream(run_id)
-                await self.broker.notify_thread(run["thread_id"], run_id, "done")
+                await self.announce_end(run_id, run["thread_id"], "interrupted")
                 if run["kwargs"].get("temporary"):
                     self.spawn(self.delete_temporary_thread(run["thread_id"]))
+
+    async def announce_end(
+        self, run_id: str, thread_id: str, status: str, *, values: Any = None, error: Any = None
+    ) -> None:
+        """After a run's end is recorded: publish its result for /wait and /join, close its
+        event log, tell the thread's followers."""
+        await self.broker.publish(run_id, RESULT_EVENT, dumps({"status": status, "values": values, "error": error}))
+        await self.broker.finish_stream(run_id)
+        await self.broker.notify_thread(thread_id, run_id, "done")
 
     async def _resting_status(self, run: Record) -> str:
         thread = await self.storage.thread_get(run["thread_id"])

@@ -133,7 +133,7 @@ class Job:
         return loops.submit(self.rt, self.run_record, self.attempt)
 
     async def _end(self, outcome: tuple[str, Any], log_) -> None:
-        from agentserver.services.runs import RESULT_EVENT
+        from agentserver.services.runs import with_interrupts
         from agentserver.worker.execution import error_payload, read_final_state
 
         rt = self.rt
@@ -189,14 +189,10 @@ class Job:
             return
         log_.info("run ended", status=end.status)
         metrics.RUNS_ENDED.labels(end.status).inc()
-        result_values = values
-        if interrupts and isinstance(values, dict):
-            result_values = {**values, "__interrupt__": [i for group in interrupts.values() for i in group]}
-        await broker.publish(
-            self.run_id, RESULT_EVENT, dumps({"status": end.status, "values": result_values, "error": error})
+        result_values = with_interrupts(values, interrupts)
+        await rt.services.runs.announce_end(
+            self.run_id, self.thread_id, end.status, values=result_values, error=error
         )
-        await broker.finish_stream(self.run_id)
-        await broker.notify_thread(self.thread_id, self.run_id, "done")
         kwargs = self.run_record["kwargs"]
         if kwargs.get("temporary"):
             await rt.services.runs.delete_temporary_thread(self.thread_id)

@@ -167,12 +167,8 @@ class Worker:
                     job.abort("lost_lease")
 
     async def _announce_exhausted(self, run: dict) -> None:
-        from agentserver.services.runs import RESULT_EVENT
         from agentserver.utils import dumps
 
-        broker = self.rt.broker
         error = {"error": "RetriesExhausted", "message": "Run failed after the maximum number of attempts"}
-        await broker.publish(run["run_id"], "error", dumps(error))
-        await broker.publish(run["run_id"], RESULT_EVENT, dumps({"status": "error", "error": error}))
-        await broker.finish_stream(run["run_id"])
-        await broker.notify_thread(run["thread_id"], run["run_id"], "done")
+        await self.rt.broker.publish(run["run_id"], "error", dumps(error))
+        await self.rt.services.runs.announce_end(run["run_id"], run["thread_id"], "error", error=error)
