@@ -250,8 +250,10 @@ async def mixed(args, pg, redis, apis: int, workers: int) -> dict[str, lib.LoadR
         for name, r in out.items():
             note = f", errors={r.errors} ({r.first_error})" if r.errors else ""
             print(f"[{shape}] {name}: {r.rate:,.1f}/s p50 {r.p50:.1f} ms p99 {r.p99:.1f} ms{note}", flush=True)
-        print(f"[{shape}] mixed: CPU in cores (api/workers/postgres/redis) {_cores(next(iter(out.values())))}",
-              flush=True)
+        first = next(iter(out.values()))
+        gen = first.cpu_share("generator")
+        print(f"[{shape}] mixed: CPU in cores (api/workers/postgres/redis) {_cores(first)}, "
+              f"generator {gen if gen is None else round(gen, 2)}", flush=True)
         return out
     finally:
         dep.stop()

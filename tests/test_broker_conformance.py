@@ -353,6 +353,31 @@ async def test_wake_up_while_nobody_waits_is_kept(broker):
     assert await broker.wait_for_wake(0.1) is False
 
 
+async def test_timed_wake_up_comes_when_due(broker):
+    await asyncio.sleep(0.2)
+    await broker.wait_for_wake(0)  # forget a pending wake-up
+    t0 = time.time()
+    await broker.wake_workers(at=t0 + 0.6)
+    assert await broker.wait_for_wake(0.3) is False  # not before it is due
+    assert await broker.wait_for_wake(5) is True
+    assert 0.5 <= time.time() - t0 < 3
+
+
+async def test_run_queued_wakes_workers_and_tells_the_thread(broker):
+    await asyncio.sleep(0.2)
+    await broker.wait_for_wake(0)
+    events = broker.thread_events("t-queued")
+    first = asyncio.ensure_future(events.__anext__())
+    await asyncio.sleep(0.3)  # subscribed
+    await broker.run_queued("t-queued", "r-queued")
+    assert await broker.wait_for_wake(5) is True
+    got = await asyncio.wait_for(first, 5)
+    while got[1] == "ping":
+        got = await asyncio.wait_for(events.__anext__(), 5)
+    assert got == ("r-queued", "created")
+    await events.aclose()
+
+
 async def test_use_from_another_event_loop(broker):
     """BG_JOB_ISOLATED_LOOPS: a job on its own loop in another thread publishes, watches its
     control channel, waits for wake-ups, reads a log, and the main loop sees it all."""

@@ -102,8 +102,17 @@ class Broker(ABC):
 
     # ---- queue wake-ups --------------------------------------------------------------------
     @abstractmethod
-    async def wake_workers(self) -> None:
-        """Tell every worker (of every process) that runs may be ready."""
+    async def wake_workers(self, at: float | None = None) -> None:
+        """Tell every worker (of every process) that runs may be ready: now, or with `at` (a
+        `time.time()` timestamp) when that moment comes (a run delayed by `after_seconds` or a
+        retry back-off). Timed wake-ups live in memory: one lost to a restart is caught by the
+        workers' periodic sweep (`Storage.next_wakeup`)."""
+
+    async def run_queued(self, thread_id: str, run_id: str, at: float | None = None) -> None:
+        """A run was queued: wake the workers (now, or at `at`) and tell the thread's
+        followers. Implementations may send both at once."""
+        await self.wake_workers(at)
+        await self.notify_thread(thread_id, run_id, "created")
 
     @abstractmethod
     async def wait_for_wake(self, timeout: float) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+import time
 from asyncio import events as _aio_events
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -416,8 +417,12 @@ class MemoryBroker(Broker):
                         del self._thread_subs[thread_id]
 
     # ---- queue wake-ups --------------------------------------------------------------------
-    async def wake_workers(self) -> None:
-        self._wake_all()
+    async def wake_workers(self, at: float | None = None) -> None:
+        delay = 0.0 if at is None else at - time.time()
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._wake_all)
+        else:
+            self._wake_all()
 
     def _wake_all(self) -> None:
         """Wake every waiter; with none waiting, the next `wait_for_wake` returns at once."""

@@ -929,18 +929,43 @@ class RedisBroker(Broker):
                 self._hub.remove(channel, handler)
 
     # ---- queue wake-ups --------------------------------------------------------------------
-    async def wake_workers(self) -> None:
+    async def wake_workers(self, at: float | None = None) -> None:
         if self._foreign():
-            return await self._on_home(self.wake_workers())
+            return await self._on_home(self.wake_workers(at))
         try:
-            await self.redis.publish(self.wake_channel, b"1")
+            # the message is the moment to wake at ("1": now); each process keeps the timer
+            await self.redis.publish(self.wake_channel, b"1" if at is None else repr(float(at)).encode())
         except RETRYABLE as exc:
             # the workers' sweep finds the run anyway; at least wake this process's
             log.warning("redis wake_workers failed", error=repr(exc))
-            self._wake_local()
+            self._on_wake_message(b"1" if at is None else repr(float(at)).encode())
 
-    def _on_wake_message(self, _data: bytes) -> None:
-        self._wake_local()
+    async def run_queued(self, thread_id: str, run_id: str, at: float | None = None) -> None:
+        if self._foreign():
+            return await self._on_home(self.run_queued(thread_id, run_id, at))
+        if isinstance(self.redis, RedisCluster):
+            return await super().run_queued(thread_id, run_id, at)  # no keyless pipelines there
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.publish(self.wake_channel, b"1" if at is None else repr(float(at)).encode())
+            pipe.publish(self.thread_channel(thread_id), orjson.dumps([run_id, "created"]))
+            await pipe.execute()
+        except RETRYABLE as exc:
+            # the workers' sweep finds the run anyway; thread streams re-read their runs
+            log.warning("redis run_queued failed", run_id=run_id, error=repr(exc))
+            self._on_wake_message(b"1" if at is None else repr(float(at)).encode())
+
+    def _on_wake_message(self, data: bytes) -> None:
+        delay = 0.0
+        if data != b"1":
+            try:
+                delay = float(data) - time.time()
+            except ValueError:
+                log.warning("malformed wake-up message", data=data[:40])
+        if delay > 0 and self._loop is not None:
+            self._loop.call_later(delay, self._wake_local)
+        else:
+            self._wake_local()
 
     def _wake_local(self) -> None:
         waiters, self._wake_waiters = self._wake_waiters, []

@@ -208,8 +208,8 @@ class RunService:
         )
         for other in result.to_cancel:
             await self._cancel_one(other, body.multitask_strategy)
-        await self.broker.wake_workers()
-        await self.broker.notify_thread(thread_id, run_id, "created")
+        delayed = run["available_at"] > created
+        await self.broker.run_queued(thread_id, run_id, at=run["available_at"].timestamp() if delayed else None)
         return CreatedRun(result.run, thread_id, stateless)
 
     # ---- read / delete ---------------------------------------------------------------------

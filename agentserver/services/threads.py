@@ -438,9 +438,13 @@ class ThreadService:
 
     # ---- the thread's graph ----------------------------------------------------------------
     async def _graph_config(
-        self, thread: Record, checkpoint: dict[str, Any] | None = None
+        self, thread: Record, checkpoint: dict[str, Any] | None = None, *, read_only: bool = False
     ) -> tuple[str, dict[str, Any]] | None:
-        """(graph_id, config) to read or write the thread's state, or None if it has no graph."""
+        """(graph_id, config) to read or write the thread's state, or None if it has no graph.
+
+        The config is the thread's assistant's, under the thread's. Reading the state of a
+        graph compiled once does not depend on it, so `read_only` skips that lookup unless the
+        graph is built per run by a factory (whose shape may follow the config)."""
         metadata = thread.get("metadata") or {}
         graph_id = metadata.get("graph_id")
         if not graph_id:
@@ -451,7 +455,7 @@ class ThreadService:
             )
         base: dict[str, Any] = {}
         assistant_id = metadata.get("assistant_id")
-        if assistant_id and is_uuid(str(assistant_id)):
+        if assistant_id and is_uuid(str(assistant_id)) and not (read_only and not self.graphs.is_factory(graph_id)):
             assistant = await self.storage.assistant_get(str(assistant_id))
             if assistant is not None and assistant.get("graph_id") == graph_id:
                 base = copy.deepcopy(assistant.get("config") or {})
@@ -494,7 +498,7 @@ class ThreadService:
     ) -> dict[str, Any]:
         """The thread's state at its latest checkpoint, or at `checkpoint`."""
         thread = await self.get(thread_id)
-        setup = await self._graph_config(thread, checkpoint)
+        setup = await self._graph_config(thread, checkpoint, read_only=True)
         if setup is None:
             return empty_state({**checkpoint, "thread_id": thread_id} if checkpoint else None)
         graph_id, config = setup
@@ -513,7 +517,7 @@ class ThreadService:
     ) -> list[dict[str, Any]]:
         """Past states, newest first."""
         thread = await self.get(thread_id)
-        setup = await self._graph_config(thread, checkpoint)
+        setup = await self._graph_config(thread, checkpoint, read_only=True)
         if setup is None:
             return []
         graph_id, config = setup

@@ -2,7 +2,8 @@
 
 One `AsyncConnectionPool` per event loop is shared by our own queries and LangGraph's
 checkpointer and store. Connections are in autocommit mode with `dict_row` rows and
-`prepare_threshold=0` (what LangGraph's Postgres classes expect); our multi-statement work runs
+`prepare_threshold=0` (what LangGraph's Postgres classes expect), JSON decoded by orjson; our
+multi-statement work runs
 inside explicit `conn.transaction()` blocks.
 
 Outages. psycopg_pool alone recovers slowly (exponential reconnect backoff from 1 s, and a
@@ -31,9 +32,11 @@ import psycopg
 from psycopg import AsyncConnection, errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from agentserver.errors import Unavailable
+from agentserver.utils import loads
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +117,9 @@ class PoolHealth:
         self.healthy = True
 
     async def configure(self, conn: AsyncConnection) -> None:
+        """The pool's `configure` callback: a new connection. JSON columns are decoded with
+        orjson (for our queries and LangGraph's alike), set once here rather than per cursor."""
+        set_json_loads(loads, conn)
         self.healthy = True
 
     async def reset(self, conn: AsyncConnection) -> None:

@@ -28,7 +28,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.store.postgres.aio import AsyncPostgresStore
 from psycopg import AsyncConnection, AsyncCursor, errors as pg_errors
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from agentserver.errors import Conflict, NotFound
@@ -49,7 +49,7 @@ from agentserver.storage.pg_pool import (
     run_with_retries,
 )
 from agentserver.storage.pg_pool import connection as pooled_connection
-from agentserver.utils import dumps, loads
+from agentserver.utils import dumps
 
 T = TypeVar("T")
 
@@ -553,9 +553,7 @@ def _claim_conflict(exc: BaseException) -> bool:
 
 
 def _cursor(conn: AsyncConnection) -> AsyncCursor:
-    cur = conn.cursor(row_factory=dict_row, binary=True)
-    set_json_loads(loads, cur)
-    return cur
+    return conn.cursor(row_factory=dict_row, binary=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -146,9 +147,10 @@ class Job:
         retriable = reason == "shutdown" or (kind == "error" and (isinstance(exc, Unavailable) or is_unavailable(exc)))
         if retriable and self.attempt < self.worker.max_attempts:
             log_.info("requeueing run", reason=reason or repr(exc))
-            await storage.run_requeue(self.run_id, self.lease_id, delay_secs=0 if reason == "shutdown" else 0.5)
+            delay = 0.0 if reason == "shutdown" else 0.5
+            await storage.run_requeue(self.run_id, self.lease_id, delay_secs=delay)
             metrics.RUNS_REQUEUED.inc()
-            await broker.wake_workers()
+            await broker.wake_workers(at=time.time() + delay if delay else None)
             return
 
         if reason == "rollback":

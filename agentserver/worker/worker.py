@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import structlog
@@ -98,8 +99,14 @@ class Worker:
                 await asyncio.sleep(0.5)
 
     async def _claim_loop(self) -> None:
+        """Claim runs whenever a wake-up, a finished job or a timer says some may be ready.
+
+        Wake-ups are events (a run created, requeued, or due after a delay: see
+        `Broker.wake_workers`); every BG_JOB_SWEEP_SECS a sweep also fails runs out of attempts
+        and asks the storage for the next delayed run, in case its timed wake-up was lost."""
         storage = self.rt.storage
         last_sweep = 0.0
+        due: datetime | None = None  # the next delayed run, as of the last sweep
         loop = asyncio.get_running_loop()
         while not self._stopping:
             self._kick.clear()
@@ -118,9 +125,12 @@ class Worker:
                     last_sweep = loop.time()
                     for run in await storage.fail_exhausted(self.max_attempts):
                         await self._announce_exhausted(run)
-                due = await storage.next_wakeup()
+                    due = await storage.next_wakeup()
                 if due is not None:
-                    timeout = max(0.0, min(timeout, (due - now()).total_seconds()))
+                    wait = (due - now()).total_seconds()
+                    if wait <= 0:
+                        due = None  # claimed above, or by another worker; the next sweep looks again
+                    timeout = max(0.0, min(timeout, wait))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - storage outage: back off and retry
