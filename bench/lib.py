@@ -95,6 +95,8 @@ class Conn:
         return b"".join(parts)
 
     async def _send(self, method: str, path: str, body: bytes | None, headers) -> tuple[int, dict[str, str]]:
+        if self.reader is not None and self.reader.at_eof():
+            self.close()  # the server closed it while idle (keep-alive timeout): a new one, as clients do
         if self.writer is None:
             await self.open()
         assert self.writer is not None and self.reader is not None
@@ -241,6 +243,7 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 class LoadResult:
     name: str
     count: int = 0  # operations completed inside the measuring window
+    total: int = 0  # operations completed at any time (warm-up included)
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds, of operations started in the window
     errors: int = 0
@@ -343,6 +346,20 @@ async def _group_value(spec: Any) -> float:
     return time.process_time() if spec == "self" else proc_tree_cpu(spec)
 
 
+async def snapshot(groups: CpuGroups) -> dict[str, float]:
+    """Each group's CPU seconds (or counter) now; subtract two snapshots for a span."""
+    return {name: await _group_value(spec) for name, spec in groups.items()}
+
+
+def span_result(name: str, count: int, seconds: float, groups: CpuGroups,
+                c0: dict[str, float], c1: dict[str, float]) -> LoadResult:
+    """A LoadResult for `count` operations over a span measured by two `snapshot`s."""
+    res = LoadResult(name, count=count, seconds=seconds)
+    for group, spec in groups.items():
+        (res.counters if callable(spec) else res.cpu)[group] = c1[group] - c0[group]
+    return res
+
+
 async def _cpu_window(groups: CpuGroups, m0: float, m1: float, results: Sequence[LoadResult]) -> None:
     await asyncio.sleep(max(0.0, m0 - perf()))
     c0 = {name: await _group_value(spec) for name, spec in groups.items()}
@@ -401,6 +418,7 @@ async def closed_loop(
             if isinstance(units, dict):
                 extra = units
                 units = extra.pop("units", 0)
+            res.total += 1
             if m0 <= t1 <= m1:
                 res.count += 1
                 if isinstance(units, (int, float)) and not isinstance(units, bool):
@@ -520,6 +538,8 @@ async def open_loop(
         t.cancel()
     for c in idle:
         c.close()
+    for res in results.values():
+        res.extra["connections"] = opened
     return results
 
 

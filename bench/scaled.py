@@ -12,15 +12,18 @@ measures with `--clients` keep-alive connections spread round robin over the API
   threads, 500 of which have run the `echo` graph);
 - writes: `POST /threads`, then background run creation `POST /threads/{id}/runs` (`echo`, on a
   thread picked at random; the workers execute them meanwhile; the queue is left to drain before
-  the next test);
+  the next test), and the same runs "created and executed": CPU per run from the start of the
+  test until the queue has drained, and runs/s completed over that span (the closed-loop row
+  alone undercounts the workers, which are still executing when its window ends);
 - the 1-second graph (`sleeper`, secs=1): twice as many clients as slots call stateless
   `POST /runs/wait` back to back; completed runs/s against the ideal (W x N_JOBS_PER_WORKER
   runs/s);
 
-and finally, on `--mixed-shape`, a mixed open-loop run: `--mixed-writes` writes/s (half
-`POST /threads`, half `POST /threads/{id}/runs`) and `--mixed-reads` reads/s (a third each of the
-three reads) at once, with the achieved rates and latencies (measured from when each request was
-due, so a server falling behind shows in the latencies).
+and finally, on `--mixed-shape`, a mixed open-loop run: `--mixed-writes` writes/s
+(`--mixed-run-fraction` of them `POST /threads/{id}/runs`, the rest `POST /threads`) and
+`--mixed-reads` reads/s (a third each of the three reads) at once, over at most `--mixed-conns`
+keep-alive connections, with the achieved rates and latencies (measured from when each request
+was due, so a server falling behind shows in the latencies).
 
 Nothing is pinned: Postgres, Redis, the servers and this generator share the machine's cores.
 """
@@ -35,6 +38,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,12 +56,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slots", type=int, default=100, help="N_JOBS_PER_WORKER of each worker (default 100)")
     p.add_argument("--sleeper-duration", type=float, default=10.0, help="seconds measured for the 1-second graph")
     p.add_argument("--sleeper-warmup", type=float, default=4.0, help="seconds of warm-up for the 1-second graph")
-    p.add_argument("--mixed-shape", default="2x2", help="shape of the mixed run ('' to skip it)")
+    p.add_argument("--mixed-shape", default="2x1", help="shape of the mixed run (default 2x1; '' to skip it)")
     p.add_argument("--mixed-writes", type=float, default=500.0, help="writes/s of the mixed run (default 500)")
     p.add_argument("--mixed-reads", type=float, default=500.0, help="reads/s of the mixed run (default 500)")
-    p.add_argument("--mixed-run-fraction", type=float, default=0.5,
-                   help="share of the mixed writes that create a background run (default 0.5; the rest "
+    p.add_argument("--mixed-run-fraction", type=float, default=0.1,
+                   help="share of the mixed writes that create a background run (default 0.1; the rest "
                         "are POST /threads)")
+    p.add_argument("--mixed-conns", type=int, default=64,
+                   help="most connections the mixed run keeps open (default 64, like a load balancer's keep-alive "
+                        "pool to the API servers); requests beyond wait in the generator, counted in the latency")
     p.add_argument("--mixed-duration", type=float, default=10.0, help="seconds measured for the mixed run")
     p.add_argument("--profile", metavar="DIR",
                    help="record the first API server and the first worker with py-spy into DIR (skews the figures)")
@@ -196,12 +203,20 @@ async def shape_suite(args, pg, redis, apis: int, workers: int) -> dict[str, lib
             ("create", "POST /threads", lib.op_create_thread()),
             ("run", "POST /threads/{id}/runs (echo)", lib.op_create_background_run(ids, "echo", {"value": 1})),
         ):
+            groups = dep.cpu_groups()
+            t0, c0 = time.perf_counter(), await lib.snapshot(groups)
             with profiled(dep, args.profile, key):
-                r = await lib.closed_loop(name, op, conns, duration=d, warmup=w, cpu=dep.cpu_groups())
+                r = await lib.closed_loop(name, op, conns, duration=d, warmup=w, cpu=groups)
             res[key] = r
             _print(name, r, shape)
         took = await dep.drain(args.drain_timeout)
         print(f"[{shape}] queue drained {took:.1f}s after the run-creation test", flush=True)
+        # the runs created above (warm-up included) have all been executed now: what each cost
+        # from its creation to its end, and how many per second the deployment got through
+        full = lib.span_result("runs created and executed", r.total, time.perf_counter() - t0, groups,
+                               c0, await lib.snapshot(groups))
+        res["run_done"] = full
+        _print("POST /threads/{id}/runs (echo), created and executed", full, shape)
         for c in conns:
             c.close()
         total = workers * args.slots
@@ -246,7 +261,7 @@ async def mixed(args, pg, redis, apis: int, workers: int) -> dict[str, lib.LoadR
         ] if s.rate > 0]
         with profiled(dep, args.profile, "mixed"):
             out = await lib.open_loop(streams, pool, duration=args.mixed_duration, warmup=args.warmup,
-                                      max_conns=1024, cpu=dep.cpu_groups())
+                                      max_conns=args.mixed_conns, cpu=dep.cpu_groups())
         for name, r in out.items():
             note = f", errors={r.errors} ({r.first_error})" if r.errors else ""
             print(f"[{shape}] {name}: {r.rate:,.1f}/s p50 {r.p50:.1f} ms p99 {r.p99:.1f} ms{note}", flush=True)
@@ -310,6 +325,7 @@ async def main(args: argparse.Namespace) -> None:
 def _request_table(args, results) -> str:
     rows = []
     labels = (("create", "write: POST /threads"), ("run", "write: POST /threads/{id}/runs"),
+              ("run_done", "  the same runs, created and executed"),
               ("get", "read: GET /threads/{id}"), ("search", "read: POST /threads/search"),
               ("state", "read: GET /threads/{id}/state"))
     for shape, res in results.items():

@@ -122,8 +122,9 @@ class PoolHealth:
         set_json_loads(loads, conn)
         self.healthy = True
 
-    async def reset(self, conn: AsyncConnection) -> None:
-        """The pool's `reset` callback: a connection came back in good order."""
+    def returned(self, conn: AsyncConnection) -> None:
+        """A connection came back to the pool (psycopg_pool rolls back one left in a
+        transaction, and drops a broken one)."""
         self._returned[conn] = time.monotonic()
 
     async def reconnect_failed(self, pool: AsyncConnectionPool) -> None:
@@ -177,9 +178,16 @@ class PoolHealth:
 
 
 class ResilientPool(AsyncConnectionPool):
-    """An `AsyncConnectionPool` that tracks the health of its database (see the module doc)."""
+    """An `AsyncConnectionPool` that tracks the health of its database (see the module doc).
+
+    It notes when each connection comes back here rather than in a `reset` callback: with one,
+    psycopg_pool hands every returned connection to a background task, a hop per query."""
 
     health: PoolHealth
+
+    async def putconn(self, conn: AsyncConnection) -> None:
+        self.health.returned(conn)
+        await super().putconn(conn)
 
 
 def create_pool(
@@ -206,7 +214,6 @@ def create_pool(
         reconnect_timeout=RECONNECT_TIMEOUT,
         check=health.check,
         configure=health.configure,
-        reset=health.reset,
         reconnect_failed=health.reconnect_failed,
     )
     health.pool = pool
