@@ -58,6 +58,16 @@ def _resolve(fut: asyncio.Future, value: object) -> None:
         fut.set_result(value)
 
 
+def when_due(loop: asyncio.AbstractEventLoop, at: float | None, wake: Callable[[], None]) -> None:
+    """Call `wake` now, or on `loop` when `at` (a `time.time()` timestamp) comes: the local end
+    of `Broker.wake_workers(at)`."""
+    delay = 0.0 if at is None else at - time.time()
+    if delay > 0:
+        loop.call_later(delay, wake)
+    else:
+        wake()
+
+
 def wake_futures(futures: list[asyncio.Future], value: object = True) -> None:
     """Resolve waiters that may belong to different loops (thread-safe)."""
     current = _get_running_loop()
@@ -418,11 +428,7 @@ class MemoryBroker(Broker):
 
     # ---- queue wake-ups --------------------------------------------------------------------
     async def wake_workers(self, at: float | None = None) -> None:
-        delay = 0.0 if at is None else at - time.time()
-        if delay > 0:
-            asyncio.get_running_loop().call_later(delay, self._wake_all)
-        else:
-            self._wake_all()
+        when_due(asyncio.get_running_loop(), at, self._wake_all)
 
     def _wake_all(self) -> None:
         """Wake every waiter; with none waiting, the next `wait_for_wake` returns at once."""

@@ -47,7 +47,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from agentserver.broker.base import DONE, Broker, Event
-from agentserver.broker.memory import ControlWatcher, parse_after, wake_futures
+from agentserver.broker.memory import ControlWatcher, parse_after, wake_futures, when_due
 from agentserver.errors import Unavailable
 from agentserver.settings import Settings
 
@@ -84,6 +84,12 @@ READ_COUNT = 512
 SETUP_WAIT_SECS = 10.0
 
 RETRYABLE = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def _wake_message(at: float | None) -> bytes:
+    """A wake-up on the wake channel: the moment to wake at (`time.time()`), or "1" for now.
+    Each process keeps its own timer for a future one."""
+    return b"1" if at is None else repr(float(at)).encode()
 
 _get_running_loop = _aio_events._get_running_loop
 
@@ -933,12 +939,11 @@ class RedisBroker(Broker):
         if self._foreign():
             return await self._on_home(self.wake_workers(at))
         try:
-            # the message is the moment to wake at ("1": now); each process keeps the timer
-            await self.redis.publish(self.wake_channel, b"1" if at is None else repr(float(at)).encode())
+            await self.redis.publish(self.wake_channel, _wake_message(at))
         except RETRYABLE as exc:
             # the workers' sweep finds the run anyway; at least wake this process's
             log.warning("redis wake_workers failed", error=repr(exc))
-            self._on_wake_message(b"1" if at is None else repr(float(at)).encode())
+            self._wake_at(at)
 
     async def run_queued(self, thread_id: str, run_id: str, at: float | None = None) -> None:
         if self._foreign():
@@ -947,25 +952,29 @@ class RedisBroker(Broker):
             return await super().run_queued(thread_id, run_id, at)  # no keyless pipelines there
         try:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.publish(self.wake_channel, b"1" if at is None else repr(float(at)).encode())
+            pipe.publish(self.wake_channel, _wake_message(at))
             pipe.publish(self.thread_channel(thread_id), orjson.dumps([run_id, "created"]))
             await pipe.execute()
         except RETRYABLE as exc:
             # the workers' sweep finds the run anyway; thread streams re-read their runs
             log.warning("redis run_queued failed", run_id=run_id, error=repr(exc))
-            self._on_wake_message(b"1" if at is None else repr(float(at)).encode())
+            self._wake_at(at)
 
     def _on_wake_message(self, data: bytes) -> None:
-        delay = 0.0
+        at = None
         if data != b"1":
             try:
-                delay = float(data) - time.time()
+                at = float(data)
             except ValueError:
                 log.warning("malformed wake-up message", data=data[:40])
-        if delay > 0 and self._loop is not None:
-            self._loop.call_later(delay, self._wake_local)
-        else:
+        self._wake_at(at)
+
+    def _wake_at(self, at: float | None) -> None:
+        """Wake this process's workers now, or when `at` comes (a timer on the home loop)."""
+        if self._loop is None:
             self._wake_local()
+        else:
+            when_due(self._loop, at, self._wake_local)
 
     def _wake_local(self) -> None:
         waiters, self._wake_waiters = self._wake_waiters, []

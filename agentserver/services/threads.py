@@ -455,7 +455,8 @@ class ThreadService:
             )
         base: dict[str, Any] = {}
         assistant_id = metadata.get("assistant_id")
-        if assistant_id and is_uuid(str(assistant_id)) and not (read_only and not self.graphs.is_factory(graph_id)):
+        shaped_by_config = not read_only or self.graphs.is_factory(graph_id)
+        if shaped_by_config and assistant_id and is_uuid(str(assistant_id)):
             assistant = await self.storage.assistant_get(str(assistant_id))
             if assistant is not None and assistant.get("graph_id") == graph_id:
                 base = copy.deepcopy(assistant.get("config") or {})

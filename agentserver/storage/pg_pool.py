@@ -3,8 +3,7 @@
 One `AsyncConnectionPool` per event loop is shared by our own queries and LangGraph's
 checkpointer and store. Connections are in autocommit mode with `dict_row` rows and
 `prepare_threshold=0` (what LangGraph's Postgres classes expect), JSON decoded by orjson; our
-multi-statement work runs
-inside explicit `conn.transaction()` blocks.
+multi-statement work runs inside explicit `conn.transaction()` blocks.
 
 Outages. psycopg_pool alone recovers slowly (exponential reconnect backoff from 1 s, and a
 broken idle connection costs each borrower a 1 s back-off sleep). `ResilientPool` adds:
