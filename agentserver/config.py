@@ -6,7 +6,9 @@ environment variables without overriding variables already set in the process.
 
 Keys that only matter to image builds (`dockerfile_lines`, `python_version`, ...) are accepted and
 ignored. Keys nobody knows are kept in `ProjectConfig.unknown` and logged as a warning, so a typo
-does not go unnoticed but does not stop the server either.
+does not go unnoticed but does not stop the server either. Keys of the official format that this
+server does not implement yet are named by `ignored_keys` (a start-up warning); `auth` stops
+start-up (`check_supported`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,37 @@ KNOWN_KEYS = frozenset(
         "ui",
         "ui_config",
         "webhooks",
+    }
+)
+
+
+# Keys the official server acts on at run time that this server does not implement yet: a start-up
+# warning names each one present. Remove a key from here when it gets implemented. `auth` is not
+# here: a project that asks for authentication does not start (see `check_supported`).
+NOT_IMPLEMENTED_KEYS = {
+    "checkpointer": "checkpointer TTL and backends",
+    "encryption": "custom encryption",
+    "http": "custom routes, middleware, CORS and headers",
+    "middleware_order": "custom middleware",
+    "store": "store index (semantic search) and TTL",
+    "ui": "generative UI components",
+    "ui_config": "generative UI components",
+    "webhooks": "webhook URL policy and headers",
+}
+
+# Keys that only describe how to build a container image: they mean nothing to a running server.
+BUILD_KEYS = frozenset(
+    {
+        "_INTERNAL_docker_tag",
+        "api_version",
+        "base_image",
+        "dockerfile_lines",
+        "image_distro",
+        "keep_pkg_tools",
+        "node_version",
+        "pip_config_file",
+        "pip_installer",
+        "python_version",
     }
 )
 
@@ -155,6 +188,38 @@ def parse_config(data: Any, path: str | os.PathLike[str]) -> ProjectConfig:
         raw=data,
         **sections,
     )
+
+
+def check_supported(cfg: ProjectConfig) -> None:
+    """Refuse a project this server cannot serve as written: one that configures custom
+    authentication would otherwise be served as an open API."""
+    if cfg.auth:
+        raise ConfigError(
+            f"{cfg.path}: 'auth' is set, but custom authentication is not implemented yet; "
+            "refusing to serve an open API (remove 'auth' to run without authentication)"
+        )
+
+
+def ignored_keys(cfg: ProjectConfig) -> tuple[list[str], list[str]]:
+    """What the server ignores in the file: (warning lines, informational lines). Unknown keys are
+    warned about by `load_config`."""
+    warnings: list[str] = []
+    infos: list[str] = []
+    present = [key for key in NOT_IMPLEMENTED_KEYS if cfg.raw.get(key) not in (None, {}, [])]
+    if present:
+        warnings.append(
+            f"{cfg.path}: not implemented by agentserver yet, ignored: "
+            + ", ".join(f"{key} ({NOT_IMPLEMENTED_KEYS[key]})" for key in present)
+        )
+    build = sorted(key for key in cfg.raw if key in BUILD_KEYS)
+    if build:
+        infos.append(f"{cfg.path}: image-build keys, no effect on a running server: " + ", ".join(build))
+    if cfg.packages:
+        infos.append(
+            f"{cfg.path}: dependencies not installed by agentserver (install them into this "
+            "environment): " + ", ".join(cfg.packages)
+        )
+    return warnings, infos
 
 
 def apply_env(cfg: ProjectConfig) -> None:

@@ -54,6 +54,19 @@ def _float(env: Mapping[str, str], name: str, default: float, *, lo: float = 0.0
     return value
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    raw = env.get("LOG_LEVEL")
+    if raw is None or raw.strip() == "":
+        return "INFO"
+    value = raw.strip().upper()
+    if value not in LOG_LEVELS:
+        raise SettingsError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {raw!r}")
+    return "WARNING" if value == "WARN" else value
+
+
 def _first(env: Mapping[str, str], *names: str) -> str | None:
     for name in names:
         value = env.get(name)
@@ -128,7 +141,7 @@ class Settings:
             mount_prefix=prefix,
             thread_ttl_sweep_secs=_float(env, "THREAD_TTL_SWEEP_SECS", 60.0, lo=0.1),
             startup_wait_secs=_float(env, "STARTUP_WAIT_SECS", 60.0),
-            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            log_level=_log_level(env),
             log_json=_bool(env, "LOG_JSON", False),
             log_color=_bool(env, "LOG_COLOR", True),
             webhook_timeout_secs=_float(env, "WEBHOOK_TIMEOUT_SECS", 10.0, lo=0.1),
@@ -137,3 +150,58 @@ class Settings:
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
+
+
+# Variables of the official server's reference that this server does not implement: a start-up
+# warning names each one that is set. Remove an entry when it gets implemented.
+NOT_IMPLEMENTED_ENV = {
+    "DD_API_KEY": "Datadog tracing (ddtrace-run)",
+    "LS_APM_OTEL_ENABLED": "OpenTelemetry APM tracing",
+    "LS_CHECKPOINT_DELETE": "deferred checkpoint deletion",
+    "LS_DEFAULT_CHECKPOINTER_BACKEND": "checkpointer backends",
+    "LS_MONGODB_URI": "the MongoDB checkpointer",
+}
+
+# Variables that only the scaled shape reads: `agentserver dev` keeps everything in --data-dir.
+SCALED_ONLY_ENV = (
+    "POSTGRES_URI_CUSTOM",
+    "DATABASE_URI",
+    "POSTGRES_URI",
+    "LANGGRAPH_POSTGRES_POOL_MAX_SIZE",
+    "REDIS_URI_CUSTOM",
+    "REDIS_URI",
+    "REDIS_KEY_PREFIX",
+    "REDIS_MAX_CONNECTIONS",
+    "REDIS_CLUSTER",
+    "QUEUE_ENABLED",
+    "STARTUP_WAIT_SECS",
+)
+
+
+def ignored_env(env: Mapping[str, str], shape: str) -> list[str]:
+    """One warning line per group of set variables that this process ignores (`shape` is
+    "embedded" or "scaled")."""
+    lines = []
+    unsupported = [f"{name} ({what})" for name, what in NOT_IMPLEMENTED_ENV.items() if env.get(name)]
+    if unsupported:
+        lines.append("not implemented by agentserver, ignored: " + ", ".join(unsupported))
+    if shape == "embedded":
+        scaled = [name for name in SCALED_ONLY_ENV if env.get(name)]
+        if scaled:
+            lines.append(
+                "ignored by `agentserver dev` (state stays in --data-dir; these are for "
+                "`agentserver serve`/`worker`): " + ", ".join(scaled)
+            )
+    return lines
+
+
+def default_langsmith_tracing(env: "os._Environ[str] | dict[str, str]") -> bool:
+    """As in the official server, LANGSMITH_TRACING defaults to true: with LANGSMITH_API_KEY set
+    and no LANGSMITH_TRACING (nor its LANGCHAIN_ aliases), runs are traced to LangSmith
+    (LANGSMITH_ENDPOINT). Sets the variable for the LangChain tracer; True if it did."""
+    if not env.get("LANGSMITH_API_KEY"):
+        return False
+    if any(env.get(name) for name in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING")):
+        return False
+    env["LANGSMITH_TRACING"] = "true"
+    return True

@@ -170,3 +170,116 @@ def test_apply_env_does_not_override_and_sets_sys_path(tmp_path, monkeypatch):
         assert sys.path.count(lib) == sys.path.count(src) == sys.path.count(base) == 1
     finally:
         os.environ.pop("AGENTSERVER_T_NEW", None)
+
+
+# ---- what the server does not implement: refused or named at start-up --------------------------
+
+
+def test_auth_is_refused_naming_the_key(tmp_path):
+    from agentserver.config import check_supported
+
+    path = write(tmp_path, {"graphs": {"g": "./g.py:g"}, "auth": {"path": "./auth.py:auth"}})
+    cfg = load_config(path)
+    with pytest.raises(ConfigError, match="'auth' is set") as info:
+        check_supported(cfg)
+    assert "\n" not in str(info.value) and str(path.resolve()) in str(info.value)
+    check_supported(load_config(write(tmp_path, {"graphs": {"g": "./g.py:g"}, "auth": None})))
+
+
+def test_ignored_keys_names_every_unimplemented_key(tmp_path):
+    from agentserver.config import BUILD_KEYS, KNOWN_KEYS, NOT_IMPLEMENTED_KEYS, ignored_keys
+
+    # every known key is either served, refused, build-only or named as not implemented
+    served = {"$schema", "graphs", "dependencies", "env", "auth"}
+    assert KNOWN_KEYS == served | BUILD_KEYS | set(NOT_IMPLEMENTED_KEYS)
+    data = {"graphs": {"g": "./g.py:g"}, "dependencies": [".", "langchain-openai"], "python_version": "3.12"}
+    data.update({key: {"x": 1} for key in NOT_IMPLEMENTED_KEYS})
+    warnings, infos = ignored_keys(load_config(write(tmp_path, data)))
+    assert len(warnings) == 1
+    for key in NOT_IMPLEMENTED_KEYS:
+        assert f"{key} (" in warnings[0]
+    assert any("python_version" in line for line in infos)
+    assert any("langchain-openai" in line for line in infos)
+    assert ignored_keys(load_config(write(tmp_path, {"graphs": {"g": "./g.py:g"}}))) == ([], [])
+
+
+def test_ignored_env_names_set_variables_only():
+    from agentserver.settings import NOT_IMPLEMENTED_ENV, SCALED_ONLY_ENV, ignored_env
+
+    assert ignored_env({}, "embedded") == [] and ignored_env({}, "scaled") == []
+    env = {name: "x" for name in NOT_IMPLEMENTED_ENV} | {"POSTGRES_URI_CUSTOM": "postgresql://h/db", "N_JOBS_PER_WORKER": "3"}
+    scaled = ignored_env(env, "scaled")
+    assert len(scaled) == 1 and all(name in scaled[0] for name in NOT_IMPLEMENTED_ENV)
+    assert "POSTGRES_URI_CUSTOM" not in scaled[0]
+    embedded = ignored_env(env, "embedded")
+    assert len(embedded) == 2 and "POSTGRES_URI_CUSTOM" in embedded[1] and "N_JOBS" not in embedded[1]
+    assert all(name in ignored_env({name: "1"}, "embedded")[0] for name in SCALED_ONLY_ENV)
+
+
+REFERENCE_ENV = (
+    "BG_JOB_ISOLATED_LOOPS BG_JOB_MAX_RETRIES BG_JOB_SHUTDOWN_GRACE_PERIOD_SECS BG_JOB_TIMEOUT_SECS "
+    "CORS_ALLOW_ORIGINS DD_API_KEY LANGGRAPH_POSTGRES_POOL_MAX_SIZE LS_CHECKPOINT_DELETE "
+    "LS_DEFAULT_CHECKPOINTER_BACKEND LANGSMITH_API_KEY LANGSMITH_ENDPOINT LANGSMITH_TRACING LOG_COLOR "
+    "LOG_LEVEL LOG_JSON MOUNT_PREFIX N_JOBS_PER_WORKER LS_APM_OTEL_ENABLED LS_MONGODB_URI "
+    "POSTGRES_URI_CUSTOM REDIS_CLUSTER REDIS_KEY_PREFIX REDIS_URI_CUSTOM REDIS_MAX_CONNECTIONS "
+    "RESUMABLE_STREAM_TTL_SECONDS"
+).split()
+
+
+def test_every_variable_of_the_reference_is_implemented_or_named():
+    """The official server's env-var reference (shared seeds): each variable is read by Settings,
+    is LangSmith's own, or is named at start-up as not implemented."""
+    import re
+
+    from agentserver import settings as settings_mod
+
+    names = set(REFERENCE_ENV)
+    for reference in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
+        reference = reference / "seeds" / "agent-server-env-vars.md"
+        if reference.exists():  # the list below is that file's headings
+            assert set(re.findall(r"^## `([A-Z0-9_]+)`", reference.read_text(), re.M)) == names
+    source = Path(settings_mod.__file__).read_text()
+    langsmith = {"LANGSMITH_API_KEY", "LANGSMITH_ENDPOINT", "LANGSMITH_TRACING"}
+    for name in names - langsmith:
+        assert name in settings_mod.NOT_IMPLEMENTED_ENV or f'"{name}"' in source.split("NOT_IMPLEMENTED_ENV")[0], name
+
+
+@pytest.mark.parametrize("value, expected", [("debug", "DEBUG"), ("WARN", "WARNING"), ("", "INFO"), ("Error", "ERROR")])
+def test_log_level(value, expected):
+    from agentserver.settings import Settings
+
+    assert Settings.from_env({"LOG_LEVEL": value}).log_level == expected
+
+
+def test_invalid_log_level_is_named():
+    from agentserver.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="LOG_LEVEL.*'LOUD'"):
+        Settings.from_env({"LOG_LEVEL": "LOUD"})
+
+
+def test_langsmith_tracing_defaults_to_true_with_an_api_key():
+    from agentserver.settings import default_langsmith_tracing
+
+    env = {"LANGSMITH_API_KEY": "k"}
+    assert default_langsmith_tracing(env) and env["LANGSMITH_TRACING"] == "true"
+    env = {"LANGSMITH_API_KEY": "k", "LANGSMITH_TRACING": "false"}
+    assert not default_langsmith_tracing(env) and env["LANGSMITH_TRACING"] == "false"
+    env = {}
+    assert not default_langsmith_tracing(env) and env == {}
+
+
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        ("postgresql://bob:s3cret@db.example:5432/app?sslmode=require&password=x", "postgresql://bob@db.example:5432/app"),
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("postgresql://h1:5432,h2:5433/app", "postgresql://h1:5432,h2:5433/app"),
+        ("rediss://user@cache", "rediss://user@cache"),
+        ("not a uri", "<unparsable URI>"),
+    ],
+)
+def test_redact_uri(uri, shown):
+    from agentserver.runtime import redact_uri
+
+    assert redact_uri(uri) == shown

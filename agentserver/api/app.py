@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 
 from agentserver import __version__
 from agentserver.api import assistants, errors, fastpath, meta, runs, threads
@@ -32,7 +34,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
         description="Serve LangGraph graphs over HTTP, wire-compatible with the LangGraph SDK.",
         lifespan=lifespan,
         root_path=runtime.settings.mount_prefix,
-        docs_url="/docs",
+        docs_url=None,  # served by `_install_docs`, with its assets from this server
         openapi_url="/openapi.json",
         redoc_url=None,
     )
@@ -48,7 +50,35 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
     errors.install(app)
     for module in (meta, assistants, threads, runs):
         app.include_router(module.router)
+    _install_docs(app)
     return app
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """`/docs`: Swagger UI with its JS, CSS and icon served by this server (from the
+    `fastapi-offline` package's static files), so the page works without internet access."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the fastapi-offline package is missing: pip install fastapi-offline")
+    static = Path(next(iter(spec.submodule_search_locations))) / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request):
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=root + (app.openapi_url or "/openapi.json"),
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        )
 
 
 def _telemetry_kwargs() -> dict:

@@ -37,6 +37,9 @@ class Worker:
         self.jobs: dict[str, Job] = {}  # lease_id -> job
         self._kick = asyncio.Event()
         self._stopping = False
+        self._hurry = asyncio.Event()
+        self._stop_task: asyncio.Task | None = None
+        self.interrupted_on_stop = 0  # runs the shutdown cut off and put back in the queue
         self._tasks: list[asyncio.Task] = []
         self.loops: LoopPool | None = None
 
@@ -60,9 +63,24 @@ class Worker:
     def kick(self) -> None:
         self._kick.set()
 
+    def begin_stop(self) -> asyncio.Task:
+        """Start the shutdown (stop claiming, drain) without waiting for it; idempotent."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._stop(), name="worker-stop")
+        return self._stop_task
+
+    def hurry(self) -> None:
+        """Cut the drain short: interrupt the running jobs now; they go back to the queue."""
+        self._hurry.set()
+        self.begin_stop()
+
     async def stop(self) -> None:
-        """Stop claiming; give running jobs BG_JOB_SHUTDOWN_GRACE_PERIOD_SECS to finish, then
-        interrupt the rest and put them back in the queue for another worker."""
+        """Stop claiming; give running jobs BG_JOB_SHUTDOWN_GRACE_PERIOD_SECS to finish (or until
+        `hurry`), then interrupt the rest and put them back in the queue for another worker (or
+        this one's next start)."""
+        await asyncio.shield(self.begin_stop())
+
+    async def _stop(self) -> None:
         self._stopping = True
         self._kick.set()
         claim = self._tasks[0] if self._tasks else None
@@ -70,15 +88,33 @@ class Worker:
             claim.cancel()
             await asyncio.gather(claim, return_exceptions=True)
         running = [job.task for job in self.jobs.values() if job.task is not None]
-        if running:
-            log.info("draining jobs", count=len(running),
-                     grace_secs=self.settings.bg_job_shutdown_grace_period_secs)
-            done, pending = await asyncio.wait(running, timeout=self.settings.bg_job_shutdown_grace_period_secs)
-            for job in list(self.jobs.values()):
-                if job.task in pending:
-                    job.abort("shutdown")
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        grace = self.settings.bg_job_shutdown_grace_period_secs
+        if running and not self._hurry.is_set():
+            log.info(
+                f"shutting down: waiting up to {grace}s for {len(running)} running run(s) to finish "
+                "(signal again to stop now; unfinished runs go back to the queue)",
+                count=len(running), grace_secs=grace,
+            )
+            hurry = asyncio.create_task(self._hurry.wait())
+            pending = set(running)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            while pending and not self._hurry.is_set() and loop.time() < deadline:
+                _, pending = await asyncio.wait(
+                    pending | {hurry}, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(hurry)
+            hurry.cancel()
+        else:
+            log.info("shutting down", running=len(running))
+        unfinished = [job for job in self.jobs.values() if job.task is not None and not job.task.done()]
+        self.interrupted_on_stop = len(unfinished)
+        if unfinished:
+            log.info(f"putting {len(unfinished)} unfinished run(s) back in the queue",
+                     run_ids=[job.run_id for job in unfinished])
+            for job in unfinished:
+                job.abort("shutdown")
+            await asyncio.gather(*(job.task for job in unfinished), return_exceptions=True)
         for task in self._tasks[1:]:
             task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
