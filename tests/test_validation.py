@@ -75,6 +75,11 @@ CASES = [
     ("POST", "/assistants/{A}/latest", {"version": "x"}, 422, ["version"]),
     ("POST", "/assistants/{A}/latest", {"version": 99}, 404, ["99"]),
     ("POST", "/assistants/{M}/latest", {"version": 1}, 404, ["{M}"]),
+    ("POST", "/assistants/{A}/latest", {"version": 2**31}, 422, ["version"]),
+    ("POST", "/assistants/{A}/latest?version=2147483648", None, 422, ["version"]),
+    ("POST", "/assistants/{A}/versions", {"offset": 2**63}, 422, ["offset"]),
+    ("POST", "/assistants/count", b"\xff\xfe{}", 422, ["JSON"]),
+    ("POST", "/assistants", b'{"graph_id": "echo", "config": {"x": 1e400}}', 422, ["config.x"]),
     ("GET", "/assistants/{A}/graph?xray=abc", None, 422, ["xray"]),
     ("GET", "/assistants/{M}/graph", None, 404, ["{M}"]),
     ("GET", "/assistants/{M}/schemas", None, 404, ["{M}"]),
@@ -189,3 +194,93 @@ def test_openapi_describes_the_endpoints(http):
     create = paths["/assistants"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert create["$ref"].endswith("/AssistantCreate")
     assert "graph_id" in spec["components"]["schemas"]["AssistantCreate"]["required"]
+
+
+# ---- numbers out of range, through the SDK (issue 8): a 422 naming the field, or stored the way
+# the official server stores them (an integer beyond 64 bits becomes a float), never a 500.
+
+BIG = 2**70  # beyond 64 bits: the SDK's orjson refuses to encode it, so it goes as raw JSON
+BIG_JSON = str(BIG)
+
+
+async def _raw_post(client, path: str, body: str):
+    """POST a JSON text through the SDK's own HTTP client (for numbers the SDK cannot encode)."""
+    return await client.http.client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("resource", ["threads", "assistants"])
+@pytest.mark.parametrize("offset", [1e21, 2**63, 2**64 - 1])
+async def test_search_offset_out_of_range_is_a_422(client, resource, offset):
+    from langgraph_sdk.errors import UnprocessableEntityError
+
+    search = client.threads.search if resource == "threads" else client.assistants.search
+    with pytest.raises(UnprocessableEntityError) as info:
+        await search(offset=offset)
+    assert "offset" in info.value.response.json()["detail"]
+    assert await search(offset=2**53 - 1) == []  # the largest offset accepted: an empty page
+
+
+@pytest.mark.parametrize("resource", ["threads", "assistants"])
+async def test_metadata_integer_beyond_64_bits_is_stored_as_a_float(client, resource):
+    tag = str(uuid.uuid4())
+    extra = '"graph_id": "echo", ' if resource == "assistants" else ""
+    r = await _raw_post(client, f"/{resource}", f'{{{extra}"metadata": {{"n": {BIG_JSON}, "tag": "{tag}"}}}}')
+    assert r.status_code == 200, r.text
+    created = r.json()
+    assert created["metadata"]["n"] == float(BIG)
+    if resource == "threads":
+        got = await client.threads.get(created["thread_id"])
+        found = await client.threads.search(metadata={"n": float(BIG), "tag": tag})
+        ids = [t["thread_id"] for t in found]
+        key = "thread_id"
+    else:
+        got = await client.assistants.get(created["assistant_id"])
+        found = await client.assistants.search(metadata={"n": float(BIG), "tag": tag})
+        ids = [a["assistant_id"] for a in found]
+        key = "assistant_id"
+    assert got["metadata"] == {"n": float(BIG), "tag": tag}
+    assert ids == [created[key]]
+    # a search filter beyond 64 bits means the same float
+    r = await _raw_post(client, f"/{resource}/search", f'{{"metadata": {{"n": {BIG_JSON}, "tag": "{tag}"}}}}')
+    assert r.status_code == 200, r.text
+    assert [x[key] for x in r.json()] == [created[key]]
+
+
+@pytest.mark.parametrize("resource", ["threads", "assistants"])
+@pytest.mark.parametrize("number", ["1" + "0" * 400, "1e400", "-1e400", "NaN", "Infinity"])
+async def test_metadata_number_no_json_reader_reads_is_a_422(client, resource, number):
+    tag = str(uuid.uuid4())
+    extra = '"graph_id": "echo", ' if resource == "assistants" else ""
+    r = await _raw_post(client, f"/{resource}", f'{{{extra}"metadata": {{"tag": "{tag}", "deep": [0, {number}]}}}}')
+    assert r.status_code == 422, r.text
+    assert "metadata.deep.1" in r.json()["detail"]
+    search = client.threads.search if resource == "threads" else client.assistants.search
+    assert await search(metadata={"tag": tag}) == []  # nothing half-written
+
+
+@pytest.mark.parametrize("ttl", [1e20, {"ttl": 1e20, "strategy": "delete"}, 10**12])
+async def test_thread_ttl_out_of_range_is_a_422(client, ttl):
+    from langgraph_sdk.errors import UnprocessableEntityError
+
+    tag = str(uuid.uuid4())
+    with pytest.raises(UnprocessableEntityError) as info:
+        await client.threads.create(metadata={"tag": tag}, ttl=ttl)
+    assert "ttl.ttl" in info.value.response.json()["detail"]
+    assert await client.threads.search(metadata={"tag": tag}) == []
+    thread = await client.threads.create(metadata={"tag": tag}, ttl=1_000_000_000)  # the largest accepted
+    with pytest.raises(UnprocessableEntityError) as info:
+        await client.threads.update(thread["thread_id"], metadata={}, ttl=ttl)
+    assert "ttl.ttl" in info.value.response.json()["detail"]
+
+
+async def test_run_numbers_out_of_range_are_a_422(client):
+    from langgraph_sdk.errors import UnprocessableEntityError
+
+    thread = await client.threads.create()
+    with pytest.raises(UnprocessableEntityError) as info:
+        await client.runs.create(thread["thread_id"], "echo", input={"x": 1}, after_seconds=1e20)
+    assert "after_seconds" in info.value.response.json()["detail"]
+    r = await _raw_post(client, f"/threads/{thread['thread_id']}/runs", '{"assistant_id": "echo", "input": {"x": 1e400}}')
+    assert r.status_code == 422, r.text
+    assert "input.x" in r.json()["detail"]
+    assert await client.runs.list(thread["thread_id"]) == []

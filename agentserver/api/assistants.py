@@ -10,8 +10,10 @@ from starlette.responses import Response
 
 from agentserver.api.deps import services
 from agentserver.api.responses import JSON, PAGINATED_DOC, error_doc, page, public
+from agentserver.api.schemas import MAX_INT32
 from agentserver.api.schemas.assistants import (
     Assistant,
+    AssistantSelection,
     AssistantCount,
     AssistantCreate,
     AssistantPatch,
@@ -55,7 +57,7 @@ async def create_assistant(request: Request, body: AssistantCreate) -> JSON:
 @router.post(
     "/assistants/search",
     summary="Search assistants",
-    response_model=list[Assistant],
+    response_model=list[Assistant | AssistantSelection],  # with `select`: only the selected fields
     responses={200: _PAGINATED, **_INVALID},
 )
 async def search_assistants(
@@ -161,7 +163,9 @@ async def set_latest_version(
     request: Request,
     assistant_id: AssistantIdPath,
     body: Annotated[AssistantSetLatest | None, Body()] = None,
-    version: Annotated[int | None, Query(ge=1, description="The version (older clients send it here)")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_INT32, description="The version (older clients send it here)")
+    ] = None,
 ) -> JSON:
     chosen = body.version if body is not None else version
     if chosen is None:

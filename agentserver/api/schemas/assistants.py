@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from agentserver.api.schemas import RequestBody, WireModel
+from agentserver.api.schemas import MAX_INT32, MAX_OFFSET, RequestBody, WireModel, selection
 
 AssistantSortBy = Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"]
 AssistantField = Literal[
@@ -48,7 +48,7 @@ class AssistantSearch(RequestBody):
     graph_id: str | None = None
     name: str | None = Field(default=None, description="Case-insensitive substring of the name.")
     limit: int = Field(default=10, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort_by: AssistantSortBy | None = None
     sort_order: SortOrder | None = None
     select: list[AssistantField] | None = Field(default=None, description="Fields to return.")
@@ -63,11 +63,11 @@ class AssistantCount(RequestBody):
 class AssistantVersionsSearch(RequestBody):
     metadata: dict[str, Any] | None = None
     limit: int = Field(default=10, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
 class AssistantSetLatest(RequestBody):
-    version: int = Field(ge=1, description="The version to make current.")
+    version: int = Field(ge=1, le=MAX_INT32, description="The version to make current.")
 
 
 class AssistantVersion(WireModel):
@@ -98,3 +98,6 @@ class GraphSchemas(WireModel):
 class DrawableGraph(WireModel):
     nodes: list[dict[str, Any]]
     edges: list[dict[str, Any]]
+
+
+AssistantSelection = selection(Assistant, "AssistantSelection", "An assistant projected to the fields a search `select`ed.")

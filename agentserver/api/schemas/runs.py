@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from agentserver.api.schemas import MAX_DELAY_SECONDS, RequestBody
 
 StreamMode = Literal[
     "values", "updates", "messages", "messages-tuple", "events", "debug", "custom", "tasks",
@@ -13,25 +15,21 @@ StreamMode = Literal[
 MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
 
 
-class CheckpointRef(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class CheckpointRef(RequestBody):
     thread_id: str | None = None
     checkpoint_ns: str = ""
     checkpoint_id: str | None = None
     checkpoint_map: dict[str, Any] | None = None
 
 
-class Command(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class Command(RequestBody):
     resume: Any = None
     update: Any = None
     goto: Any = None
 
 
-class RunCreate(BaseModel):
+class RunCreate(RequestBody):
     """Create a run on a thread (or on a new temporary thread for stateless runs)."""
-
-    model_config = ConfigDict(extra="ignore")
 
     assistant_id: str = Field(description="Assistant id, or a graph id (its system assistant).")
     input: Any = None
@@ -52,9 +50,20 @@ class RunCreate(BaseModel):
     on_completion: Literal["delete", "keep"] | None = None
     multitask_strategy: MultitaskStrategy = "enqueue"
     if_not_exists: Literal["create", "reject"] = "reject"
-    after_seconds: float | None = Field(default=None, ge=0)
+    after_seconds: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS)
     durability: Literal["sync", "async", "exit"] | None = None
     checkpoint_during: bool | None = None
+
+    @field_validator("stream_mode", mode="before")
+    @classmethod
+    def _known_modes(cls, v):
+        # name the unknown mode (pydantic's union error lists the choices, not the culprit)
+        modes = [v] if isinstance(v, str) else v if isinstance(v, list) else []
+        allowed = get_args(StreamMode)
+        unknown = [m for m in modes if isinstance(m, str) and m not in allowed]
+        if unknown:
+            raise ValueError(f"unknown stream mode {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+        return v
 
     @field_validator("stream_mode", mode="after")
     @classmethod
@@ -74,8 +83,7 @@ class RunCreate(BaseModel):
         return v
 
 
-class RunCancelMany(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class RunCancelMany(RequestBody):
     thread_id: str | None = None
     run_ids: list[str] | None = None
     status: Literal["pending", "running", "all"] | None = None

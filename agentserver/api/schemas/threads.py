@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema, field_validator
 
-from agentserver.api.schemas import RequestBody, WireModel
+from agentserver.api.schemas import MAX_OFFSET, MAX_TTL_MINUTES, RequestBody, WireModel, selection
 
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 ThreadSortBy = Literal["thread_id", "status", "created_at", "updated_at", "state_updated_at"]
@@ -40,7 +40,7 @@ class ThreadTTL(RequestBody):
     strategy: TTLStrategy = Field(
         default="delete", description="delete: remove the thread; keep_latest: keep only its latest checkpoint."
     )
-    ttl: float = Field(gt=0, description="Minutes from now until the thread is swept.")
+    ttl: float = Field(gt=0, le=MAX_TTL_MINUTES, description="Minutes from now until the thread is swept.")
 
 
 def _ttl_from_number(value: Any) -> Any:
@@ -109,7 +109,7 @@ class ThreadSearch(RequestBody):
     values: dict[str, Any] | None = None
     status: ThreadStatus | None = None
     limit: int = Field(default=10, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort_by: ThreadSortBy | None = None
     sort_order: SortOrder | None = None
     select: list[ThreadField] | None = None
@@ -152,9 +152,13 @@ class ThreadStateUpdate(RequestBody):
 
 
 def _checkpoint_ref(value: Any) -> Any:
-    """A checkpoint id, or a checkpoint object."""
+    """A checkpoint id, a checkpoint object, or a config (`{"configurable": {checkpoint}}`)."""
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, dict) and "configurable" in value:
+        if not isinstance(value["configurable"], dict):
+            raise ValueError("configurable: must be an object")
+        value = value["configurable"]
     if isinstance(value, dict):
         try:
             return CheckpointConfig.model_validate(value)
@@ -162,7 +166,7 @@ def _checkpoint_ref(value: Any) -> Any:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
             raise ValueError(f"{where}: {err['msg']}") from None
-    raise ValueError("must be a checkpoint id or a checkpoint object")
+    raise ValueError("must be a checkpoint id, a checkpoint object or a config")
 
 
 CheckpointRef = Annotated[
@@ -174,7 +178,10 @@ CheckpointRef = Annotated[
 
 class ThreadHistory(RequestBody):
     limit: int = Field(default=10, ge=1, le=1000)
-    before: CheckpointRef = Field(default=None, description="A checkpoint id or checkpoint: states before it.")
+    before: CheckpointRef = Field(
+        default=None,
+        description="A checkpoint id, a checkpoint, or a config (`configurable.checkpoint_id`): states before it.",
+    )
     metadata: dict[str, Any] | None = None
     checkpoint: CheckpointConfig | None = None
     select: list[str] | None = None
@@ -231,3 +238,6 @@ class ThreadStateUpdated(WireModel):
 
 class PruneResult(WireModel):
     pruned_count: int
+
+
+ThreadSelection = selection(Thread, "ThreadSelection", "A thread projected to the fields a search `select`ed.")
