@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, AsyncIterator, Literal
+import json
+import re
+from typing import Annotated, AsyncIterator, Literal, get_args
 
 import structlog
 from fastapi import APIRouter, Body, Header, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from agentserver.api.deps import services
-from agentserver.api.responses import JSON, public
-from agentserver.api.schemas.runs import RunCancelMany, RunCreate
+from agentserver.api.responses import JSON, error_doc, public
+from agentserver.api.schemas.runs import RunCancelMany, RunCreate, StreamMode
 from agentserver.api.sse import HEARTBEAT, frame, frame_json, keepalive_json, sse_response
-from agentserver.errors import Conflict, InvalidInput
-from agentserver.services.runs import CreatedRun, RunService
+from agentserver.broker.memory import parse_after
+from agentserver.errors import Conflict, InvalidInput, NotFound
+from agentserver.services.runs import THREAD_REPLAY_ALL, CreatedRun, RunService
 
 log = structlog.get_logger(__name__)
 
-router = APIRouter(tags=["Thread Runs"])
+# Every run route may answer these (the stateless routes are included into `router`).
+_ERRORS = {
+    **error_doc(404, "The thread, run or assistant does not exist"),
+    **error_doc(409, "Conflict: the thread is busy (multitask_strategy=reject) or the run is in flight"),
+    **error_doc(422, "Invalid request"),
+}
+router = APIRouter(tags=["Thread Runs"], responses=_ERRORS)
 stateless = APIRouter(tags=["Stateless Runs"])
 
 
@@ -30,13 +39,59 @@ def _paths(created: CreatedRun) -> tuple[str, str]:
     return base, base
 
 
-def _modes(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
+RUN_MODES: tuple[str, ...] = get_args(StreamMode)
+# GET /threads/{id}/stream also takes the SDK's thread stream modes.
+THREAD_MODES: tuple[str, ...] = ("run_modes", "lifecycle", "state_update", *RUN_MODES)
+CancelAction = Literal["interrupt", "rollback"]
+# Event ids of a thread stream: `<run_id>:<event id in that run>` (`:0` is the run's metadata
+# frame, `:done` its run_done frame); Last-Event-ID `-` (or `-1`) replays the kept runs.
+_THREAD_EVENT_ID = re.compile(r"^([0-9a-fA-F-]{36}):(\d+|done)$")
+
+
+def _modes(values: list[str] | None, allowed: tuple[str, ...] = RUN_MODES) -> list[str] | None:
+    """Stream modes from a query: repeated (`?stream_mode=a&stream_mode=b`), comma-separated, or
+    JSON (`?stream_mode=["a","b"]`, as @langchain/langgraph-sdk 2 sends them). Unknown modes
+    are a 422 that names them, never a silently filtered stream."""
     out: list[str] = []
-    for v in values:
-        out.extend(p for p in v.split(",") if p)
-    return out or None
+    for raw in values or ():
+        text = raw.strip()
+        if text[:1] in ('[', '"'):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                raise InvalidInput(f"stream_mode: {raw!r} is not valid JSON") from None
+            items = [parsed] if isinstance(parsed, str) else parsed
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise InvalidInput(f"stream_mode: {raw!r} must be a mode or a JSON array of modes")
+        else:
+            items = text.split(",")
+        out.extend(i.strip() for i in items if i.strip())
+    unknown = [m for m in dict.fromkeys(out) if m not in allowed]
+    if unknown:
+        raise InvalidInput(
+            f"stream_mode: unknown stream mode {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
+        )
+    return list(dict.fromkeys(out)) or None
+
+
+def _thread_after(last_event_id: str | None) -> str | tuple[str, str] | None:
+    if last_event_id is None or not last_event_id.strip():
+        return None
+    value = last_event_id.strip()
+    if value in ("-", "-1"):
+        return THREAD_REPLAY_ALL
+    match = _THREAD_EVENT_ID.match(value)
+    if match is None:
+        raise InvalidInput(
+            f"Last-Event-ID {last_event_id!r} is not an event id of this thread stream "
+            "(`<run_id>:<n>`, `<run_id>:done`, or `-` for everything still kept)"
+        )
+    return match.group(1).lower(), match.group(2)
+
+
+def _metadata_frame(run: dict, event_id: str | None) -> bytes:
+    """A run's first frame: `metadata` with its run id and attempt."""
+    return frame_json("metadata", {"run_id": run["run_id"], "attempt": max(1, run.get("attempt") or 1)}, event_id)
 
 
 async def _create(request: Request, thread_id: str | None, body: RunCreate) -> tuple[RunService, CreatedRun]:
@@ -78,7 +133,7 @@ async def _cancel_quietly(svc: RunService, thread_id: str | None, run_id: str) -
     log.info("client disconnected; cancelling its run", run_id=run_id)
     try:
         await svc.cancel(thread_id, run_id, "interrupt")
-    except Conflict:
+    except (Conflict, NotFound):
         pass  # the run ended meanwhile
     except Exception as exc:  # noqa: BLE001 - nobody is left to tell; keep a trace
         log.warning("cancel on disconnect failed", run_id=run_id, error=repr(exc))
@@ -87,8 +142,7 @@ async def _cancel_quietly(svc: RunService, thread_id: str | None, run_id: str) -
 def _stream_response(svc: RunService, created: CreatedRun, body: RunCreate) -> StreamingResponse:
     run = created.run
     content_location, base = _paths(created)
-    first = frame_json("metadata", {"run_id": run["run_id"], "attempt": max(1, run.get("attempt") or 1)},
-                       "0" if body.stream_resumable else None)
+    first = _metadata_frame(run, "0" if body.stream_resumable else None)
     stream = _run_events(
         svc,
         run["run_id"],
@@ -170,17 +224,23 @@ async def delete_run(request: Request, thread_id: str, run_id: str) -> Response:
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/join", summary="Wait for a run and return the thread's final state")
-async def join_run(request: Request, thread_id: str, run_id: str) -> StreamingResponse:
+async def join_run(
+    request: Request, thread_id: str, run_id: str, cancel_on_disconnect: bool = False
+) -> StreamingResponse:
     svc = services(request).runs
     await svc.get(thread_id, run_id)
     result = asyncio.ensure_future(svc.wait_result(run_id, thread_id))
 
     async def content() -> AsyncIterator[bytes]:
+        finished = False
         try:
             async for chunk in keepalive_json(result, svc.settings.stream_heartbeat_secs):
                 yield chunk
+            finished = True
         finally:
             result.cancel()
+            if not finished and cancel_on_disconnect:
+                svc.spawn(_cancel_quietly(svc, thread_id, run_id))
 
     return StreamingResponse(content(), media_type="application/json")
 
@@ -195,15 +255,37 @@ async def join_stream(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     svc = services(request).runs
+    modes = _modes(stream_mode)
     run = await svc.get(thread_id, run_id)
+    return sse_response(
+        _join_events(svc, run, thread_id, last_event_id, modes=modes, cancel_on_disconnect=cancel_on_disconnect)
+    )
+
+
+def _join_events(
+    svc: RunService,
+    run: dict,
+    thread_id: str | None,
+    last_event_id: str | None,
+    *,
+    modes: list[str] | None = None,
+    cancel_on_disconnect: bool = False,
+) -> AsyncIterator[bytes]:
+    """A joined run's stream. Resumable runs replay after `Last-Event-ID`; `-1` replays the
+    whole run, starting with its `metadata` frame (id `0`, as in the stream that created it)."""
     resumable = bool(run["kwargs"].get("resumable"))
-    after = (last_event_id if resumable else None) if last_event_id is not None else None
+    after = ((last_event_id or "").strip() or None) if resumable else None
+    if after is not None:
+        try:
+            parse_after(after)  # here, not once the 200 has gone out
+        except InvalidInput:
+            raise InvalidInput(f"Last-Event-ID {last_event_id!r} is not an event id of this run's stream") from None
+    first = None
     if after == "-1":
         after = "0"
-    return sse_response(
-        _run_events(svc, run_id, thread_id, after=after, resumable=resumable, modes=_modes(stream_mode),
-                    cancel_on_disconnect=cancel_on_disconnect)
-    )
+        first = _metadata_frame(run, "0")
+    return _run_events(svc, run["run_id"], thread_id, after=after, resumable=resumable, modes=modes, first=first,
+                       cancel_on_disconnect=cancel_on_disconnect)
 
 
 @router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run")
@@ -212,7 +294,7 @@ async def cancel_run(
     thread_id: str,
     run_id: str,
     wait: bool = False,
-    action: Literal["interrupt", "rollback"] = "interrupt",
+    action: CancelAction = "interrupt",
 ) -> Response:
     svc = services(request).runs
     await svc.cancel(thread_id, run_id, action)
@@ -227,12 +309,14 @@ async def thread_stream(
     thread_id: str,
     stream_mode: Annotated[list[str] | None, Query()] = None,
     stream_modes: Annotated[list[str] | None, Query()] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     svc = services(request).runs
-    requested = _modes((stream_modes or []) + (stream_mode or [])) or ["run_modes"]
+    requested = _modes((stream_modes or []) + (stream_mode or []), THREAD_MODES) or ["run_modes"]
+    after = _thread_after(last_event_id)
     # thread stream modes of the SDK: run_modes (every event of the runs), lifecycle (run
     # boundaries only), state_update (values); plain run stream modes filter the runs' events.
-    # Every run's end is announced with a `run_done` metadata frame.
+    # Every run begins with its `metadata` frame and ends with a `run_done` metadata frame.
     run_modes = [m for m in requested if m not in ("run_modes", "lifecycle", "state_update")]
     if "state_update" in requested:
         run_modes.append("values")
@@ -240,12 +324,14 @@ async def thread_stream(
     await svc.require_thread(thread_id)
 
     async def body() -> AsyncIterator[bytes]:
-        async for run_id, ev in svc.join_thread(thread_id, modes=None if everything else run_modes):
-            if ev is not None:
+        async for kind, run, ev in svc.join_thread(thread_id, modes=None if everything else run_modes, after=after):
+            if kind == "event":
                 if everything or run_modes:
-                    yield frame(ev.event, ev.data)
-            elif run_id:
-                yield frame_json("metadata", {"status": "run_done", "run_id": run_id})
+                    yield frame(ev.event, ev.data, f"{run['run_id']}:{ev.id}")
+            elif kind == "start":
+                yield _metadata_frame(run, f"{run['run_id']}:0")
+            elif kind == "done":
+                yield frame_json("metadata", {"status": "run_done", "run_id": run["run_id"]}, f"{run['run_id']}:done")
             else:
                 yield HEARTBEAT
 
@@ -283,10 +369,12 @@ async def batch_stateless(request: Request, body: Annotated[list[RunCreate], Bod
 
 
 @stateless.post("/runs/cancel", status_code=204, summary="Cancel runs in bulk")
-async def cancel_many(request: Request, body: RunCancelMany) -> Response:
+async def cancel_many(request: Request, body: RunCancelMany, action: CancelAction = "interrupt") -> Response:
     if not body.run_ids and not body.status:
         raise InvalidInput("Provide run_ids (with thread_id) or status")
-    await services(request).runs.cancel_many(thread_id=body.thread_id, run_ids=body.run_ids, status=body.status)
+    await services(request).runs.cancel_many(
+        thread_id=body.thread_id, run_ids=body.run_ids, status=body.status, action=action
+    )
     return Response(status_code=204)
 
 
@@ -299,13 +387,16 @@ async def get_stateless(request: Request, run_id: str) -> JSON:
 async def join_stateless_stream(
     request: Request,
     run_id: str,
+    stream_mode: Annotated[list[str] | None, Query()] = None,
+    cancel_on_disconnect: bool = False,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     svc = services(request).runs
+    modes = _modes(stream_mode)
     run = await svc.get(None, run_id)
-    resumable = bool(run["kwargs"].get("resumable"))
-    after = ("0" if last_event_id == "-1" else last_event_id) if resumable else None
-    return sse_response(_run_events(svc, run_id, None, after=after, resumable=resumable))
+    return sse_response(
+        _join_events(svc, run, None, last_event_id, modes=modes, cancel_on_disconnect=cancel_on_disconnect)
+    )
 
 
 router.include_router(stateless)

@@ -12,6 +12,7 @@ from agentserver.api.responses import JSON, PAGINATED_DOC, error_doc, page, publ
 from agentserver.api.schemas.threads import (
     PruneResult,
     Thread,
+    ThreadSelection,
     ThreadCount,
     ThreadCreate,
     ThreadHistory,
@@ -70,7 +71,7 @@ async def create_thread(request: Request, body: Annotated[ThreadCreate | None, B
 @router.post(
     "/threads/search",
     summary="Search threads",
-    response_model=list[Thread],
+    response_model=list[Thread | ThreadSelection],  # with `select`: only the selected fields
     responses={200: _PAGINATED, **_INVALID},
 )
 async def search_threads(request: Request, body: Annotated[ThreadSearch | None, Body()] = None) -> JSON:

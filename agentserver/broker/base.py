@@ -38,6 +38,11 @@ class Broker(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    @abstractmethod
+    async def ping(self) -> None:
+        """Return if the broker can serve requests now; raise `Unavailable` otherwise
+        (`GET /ok?check_db=1`)."""
+
     # ---- run event log ---------------------------------------------------------------------
     @abstractmethod
     async def publish(self, run_id: str, event: str, data: bytes) -> str:

@@ -20,7 +20,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import structlog
 
 from agentserver.broker.base import Broker, Event
-from agentserver.errors import InvalidInput
+from agentserver.errors import InvalidInput, Unavailable
 from agentserver.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -210,6 +210,10 @@ class MemoryBroker(Broker):
     # ---- lifecycle -------------------------------------------------------------------------
     async def setup(self) -> None:
         self._loop = asyncio.get_running_loop()
+
+    async def ping(self) -> None:
+        if self._loop is None:  # in-process: up from setup() on
+            raise Unavailable("the broker is not set up")
 
     async def close(self) -> None:
         with self._lock:

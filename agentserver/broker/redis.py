@@ -441,6 +441,14 @@ class RedisBroker(Broker):
         return f"{self.prefix}wake"
 
     # ---- lifecycle -------------------------------------------------------------------------
+    async def ping(self) -> None:
+        if self.redis is None:
+            raise Unavailable("redis broker is closed")
+        try:
+            await self.redis.ping()
+        except RETRYABLE as exc:
+            raise Unavailable(f"redis is unreachable: {exc!r}") from exc
+
     async def setup(self) -> None:
         self._loop = asyncio.get_running_loop()
         s = self.settings

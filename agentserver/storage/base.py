@@ -93,6 +93,11 @@ class Storage(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    @abstractmethod
+    async def ping(self) -> None:
+        """Return if the database answers a trivial query now; raise `Unavailable` otherwise
+        (`GET /ok?check_db=1`)."""
+
     @property
     @abstractmethod
     def checkpointer(self) -> BaseCheckpointSaver:

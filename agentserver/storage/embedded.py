@@ -613,6 +613,10 @@ def _thread_search_plan(conn: sqlite3.Connection, q: ThreadQuery) -> _SearchPlan
     )
 
 
+def _ping_db(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the database file
+
+
 class EmbeddedStorage(Storage):
     """SQLite storage on local disk. See the module docstring."""
 
@@ -749,6 +753,11 @@ class EmbeddedStorage(Storage):
 
     async def checkpoint_barrier(self) -> None:
         await self._checkpointer.flush()
+
+    async def ping(self) -> None:
+        if not self._open:
+            raise Unavailable("embedded storage is not open")
+        await self._read(_ping_db)
 
     # ---- plumbing --------------------------------------------------------------------------
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:

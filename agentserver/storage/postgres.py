@@ -729,6 +729,9 @@ class PostgresStorage(Storage):
             if not self._pool.closed:
                 await self._pool.close()
 
+    async def ping(self) -> None:
+        await self._one("SELECT 1")  # run_with_retries: Unavailable when the database is down
+
     async def open_loop_resources(self, pool_size: int):
         """For BG_JOB_ISOLATED_LOOPS, called on a job loop: a pool of `pool_size` connections
         bound to that loop, with a checkpointer and a store on it. Returns
