@@ -53,19 +53,27 @@ are yielded, before resuming the generator.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
+from langgraph._internal._constants import CONFIG_KEY_RUNTIME  # where LangGraph reads a parent runtime
+from langgraph.runtime import Runtime
 from langgraph.types import Command, Interrupt, Send
+from pydantic import BaseModel
+from typing_extensions import is_typeddict
 
 from agentserver.errors import InvalidInput
+from agentserver.graphs import GraphLoadError
 
 __all__ = [
     "RunInput",
     "build_command",
+    "coerce_context",
+    "context_for",
     "error_payload",
     "final_state",
     "interrupt_dict",
@@ -121,8 +129,10 @@ class RunInput:
 
 
 def error_payload(exc: BaseException) -> dict[str, str]:
-    """The ``error`` frame's data for an exception raised by a run."""
-    return {"error": type(exc).__name__, "message": str(exc)}
+    """The ``error`` frame's data for an exception raised by a run. A graph that could not be
+    built reports the type of what its factory raised, and a message naming the graph."""
+    kind = exc.__cause__ if isinstance(exc, GraphLoadError) and exc.__cause__ is not None else exc
+    return {"error": type(kind).__name__, "message": str(exc)}
 
 
 def interrupt_dict(interrupt: Any) -> Any:
@@ -190,6 +200,42 @@ async def final_state(graph: Any, config: Mapping[str, Any]) -> tuple[Any, dict[
         task.id: [interrupt_dict(i) for i in task.interrupts] for task in state.tasks if task.interrupts
     }
     return state.values, interrupts, bool(state.next)
+
+
+def context_for(graph: Any, context: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The context a run of ``graph`` gets: ``context`` (an empty mapping when there is none,
+    so LangGraph builds the defaults of the graph's ``context_schema``), without the keys that
+    schema does not declare (a dataclass or model would refuse them)."""
+    given = dict(context or {})
+    declared = _declared_fields(getattr(graph, "context_schema", None))
+    if declared is None or given.keys() <= declared:
+        return given
+    return {k: v for k, v in given.items() if k in declared}
+
+
+def coerce_context(graph: Any, context: Mapping[str, Any] | None) -> Any:
+    """``context_for(graph, context)`` as an instance of the graph's ``context_schema`` when
+    that is a dataclass or a pydantic model (as LangGraph builds it for a run)."""
+    given = context_for(graph, context)
+    schema = getattr(graph, "context_schema", None)
+    if isinstance(schema, type) and (dataclasses.is_dataclass(schema) or issubclass(schema, BaseModel)):
+        return schema(**given)
+    return given
+
+
+def _declared_fields(schema: Any) -> frozenset[str] | None:
+    """The field names of a context schema, or None when they cannot be known."""
+    if not isinstance(schema, type):
+        return None
+    if dataclasses.is_dataclass(schema):
+        return frozenset(f.name for f in dataclasses.fields(schema) if f.init)
+    if issubclass(schema, BaseModel):
+        names = set(schema.model_fields)
+        names.update(f.alias for f in schema.model_fields.values() if f.alias)
+        return frozenset(names)
+    if is_typeddict(schema):
+        return frozenset(getattr(schema, "__annotations__", {}))
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -292,9 +338,13 @@ async def stream_run(graph: Any, run: RunInput) -> AsyncIterator[tuple[str, Any]
     subgraphs = bool(run.stream_subgraphs)
     graph_input = build_command(run.command) if run.command else run.input
 
-    kwargs: dict[str, Any] = {"stream_mode": lg_modes, "subgraphs": subgraphs}
-    if run.context is not None:
-        kwargs["context"] = run.context
+    context = context_for(graph, run.context)
+    kwargs: dict[str, Any] = {"stream_mode": lg_modes, "subgraphs": subgraphs, "context": context}
+    config = run.config
+    if not context:
+        # LangGraph takes an empty context for "none given" and falls back to its parent
+        # runtime's: seed that one, so nodes see `{}` (a TypedDict's view) rather than None.
+        config = {**config, "configurable": {**(config.get("configurable") or {}), CONFIG_KEY_RUNTIME: Runtime(context=context)}}
     if run.interrupt_before:
         kwargs["interrupt_before"] = run.interrupt_before
     if run.interrupt_after:
@@ -303,9 +353,9 @@ async def stream_run(graph: Any, run: RunInput) -> AsyncIterator[tuple[str, Any]
         kwargs["durability"] = run.durability
 
     if events:
-        source = _events_source(graph, graph_input, run.config, kwargs, subgraphs)
+        source = _events_source(graph, graph_input, config, kwargs, subgraphs)
     else:
-        source = graph.astream(graph_input, run.config, **kwargs)
+        source = graph.astream(graph_input, config, **kwargs)
 
     accumulated: dict[str, BaseMessage] = {}  # legacy "messages" mode: message so far, by id
     async with aclosing(source) as stream:

@@ -5,10 +5,11 @@ A graph spec is `./path/to/file.py:attr` (relative to the config's folder) or
 
 - a compiled graph (any `Pregel`, including `@entrypoint` functions): shared by every run;
 - an uncompiled `StateGraph`: compiled once at load time;
-- a factory: a sync or async function taking no argument or one (the run's `RunnableConfig`),
-  returning a graph (compiled or not), or a context manager (sync or async) yielding one, or a
-  (async) generator function yielding one. A factory is called once PER RUN (and per
-  introspection request) and its context is exited when the run ends.
+- a factory (see `agentserver.factory`): a sync or async function taking no argument, the
+  call's `RunnableConfig`, a `ServerRuntime`, or both, returning a graph (compiled or not), or a
+  context manager (sync or async) yielding one, or a (async) generator function yielding one. A
+  factory is called once PER RUN (and per state read or introspection request) and its context
+  is exited when the call ends.
 
 Files are imported as modules registered in `sys.modules`, so classes defined there can be
 pickled and found again by the checkpoint serializer. A file inside a package (its folder has an
@@ -23,23 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import logging
 import os
 import re
 import sys
 import warnings
-from contextlib import (
-    AbstractAsyncContextManager,
-    AbstractContextManager,
-    AsyncExitStack,
-    asynccontextmanager,
-    contextmanager,
-)
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -47,12 +40,14 @@ from typing import Any, AsyncIterator, Callable, Iterable
 from uuid import UUID, uuid5
 
 from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
 from langgraph.channels.base import BaseChannel
 from langgraph.graph.state import StateGraph
 from langgraph.pregel import Pregel
 from pydantic import TypeAdapter
 from typing_extensions import TypedDict
 
+from agentserver.factory import INTROSPECT, AccessContext, FactoryCall, FactoryError, classify, invoke, server_runtime
 from agentserver.config import ProjectConfig
 from agentserver.errors import InvalidInput
 
@@ -90,7 +85,7 @@ class _Entry:
     description: str | None
     graph: Pregel | None = None
     factory: Callable[..., Any] | None = None
-    factory_arg: str | None = None  # None: no argument; "positional"; or "keyword"
+    call: FactoryCall | None = None  # how the factory takes (config, runtime)
 
 
 class GraphRegistry:
@@ -138,8 +133,11 @@ class GraphRegistry:
             except Exception as exc:
                 raise GraphLoadError(graph_id, source, f"cannot compile the StateGraph: {_describe(exc)}") from exc
         elif callable(obj) and not isinstance(obj, type):
+            try:
+                entry.call = classify(obj)
+            except FactoryError as exc:
+                raise GraphLoadError(graph_id, source, str(exc)) from None
             entry.factory = obj
-            entry.factory_arg = _factory_arg(obj)
         else:
             raise GraphLoadError(
                 graph_id,
@@ -183,53 +181,41 @@ class GraphRegistry:
         graph_id: str,
         config: RunnableConfig | None = None,
         *,
+        access: AccessContext = INTROSPECT,
         checkpointer: Any = None,
         store: Any = None,
+        context: Any = None,
     ) -> AsyncIterator[Pregel]:
         """The graph to run, with `checkpointer` / `store` attached when given (the shared compiled
-        graph is never mutated). For a factory, calls it with `config` and exits its context (if
-        it yielded from one) when the block ends, passing along any exception of the block."""
+        graph is never mutated). For a factory, calls it with `config` and/or a `ServerRuntime`
+        for `access` (with `context` when a run executes) and exits its context (if it yielded
+        from one) when the block ends, passing along any exception of the block."""
         entry = self._entry(graph_id)
         if entry.graph is not None:
             yield _attach(entry.graph, checkpointer, store)
             return
         async with AsyncExitStack() as stack:
-            built = await self._build(entry, config, stack)
+            needs_runtime = entry.call is not None and entry.call.runtime is not None
+            runtime = server_runtime(access, store=store, context=context) if needs_runtime else None
+            built = await self._build(entry, config, runtime, stack)
             yield _attach(built, checkpointer, store)
 
-    async def _build(self, entry: _Entry, config: RunnableConfig | None, stack: AsyncExitStack) -> Pregel:
-        factory = entry.factory
-        assert factory is not None
+    async def _build(
+        self, entry: _Entry, config: RunnableConfig | None, runtime: Any, stack: AsyncExitStack
+    ) -> Pregel:
+        assert entry.factory is not None and entry.call is not None
         run_config: dict[str, Any] = dict(config or {})
         run_config["configurable"] = dict(run_config.get("configurable") or {})
-        args: tuple[Any, ...] = ()
-        kwargs: dict[str, Any] = {}
-        if entry.factory_arg == "positional":
-            args = (run_config,)
-        elif entry.factory_arg == "keyword":
-            kwargs = {"config": run_config}
+        # As on the official server, `langgraph.config.get_config()` inside a factory is the call's config.
+        token = var_child_runnable_config.set(run_config)  # type: ignore[arg-type]
         try:
-            if inspect.isasyncgenfunction(factory):
-                result: Any = asynccontextmanager(factory)(*args, **kwargs)
-            elif inspect.isgeneratorfunction(factory):
-                result = contextmanager(factory)(*args, **kwargs)
-            elif _is_async_callable(factory):
-                result = await factory(*args, **kwargs)
-            else:
-                # User code of unknown cost (often compiles a graph): keep it off the event loop.
-                result = await asyncio.to_thread(factory, *args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-            if isinstance(result, AbstractAsyncContextManager) or (
-                hasattr(result, "__aenter__") and hasattr(result, "__aexit__")
-            ):
-                result = await stack.enter_async_context(result)
-            elif isinstance(result, AbstractContextManager) and not isinstance(result, (Pregel, StateGraph)):
-                result = await _enter_sync_context(result, stack)
+            result = await invoke(entry.factory, entry.call, run_config, runtime, stack)
         except GraphLoadError:
             raise
         except Exception as exc:
             raise GraphLoadError(entry.graph_id, entry.source, f"the factory failed: {_describe(exc)}") from exc
+        finally:
+            var_child_runnable_config.reset(token)
         return await self._coerce(entry, result)
 
     async def _coerce(self, entry: _Entry, result: Any) -> Pregel:
@@ -251,16 +237,16 @@ class GraphRegistry:
     # ------------------------------------------------------------------ introspection
 
     async def graph_json(
-        self, graph_id: str, config: RunnableConfig | None = None, *, xray: bool | int = False
+        self, graph_id: str, config: RunnableConfig | None = None, *, xray: bool | int = False, store: Any = None
     ) -> dict[str, Any]:
         """The drawable graph (`get_graph(xray=...).to_json()`): nodes and edges."""
-        async with self.graph(graph_id, config) as graph:
+        async with self.graph(graph_id, config, store=store) as graph:
             return await asyncio.to_thread(_drawable_json, graph, config, xray)
 
-    async def schemas(self, graph_id: str, config: RunnableConfig | None = None) -> dict[str, Any]:
+    async def schemas(self, graph_id: str, config: RunnableConfig | None = None, *, store: Any = None) -> dict[str, Any]:
         """JSON schemas of the graph: graph_id, input_schema, output_schema, state_schema,
         config_schema, context_schema (each None when it cannot be produced)."""
-        async with self.graph(graph_id, config) as graph:
+        async with self.graph(graph_id, config, store=store) as graph:
             return await asyncio.to_thread(_schemas_of, graph_id, graph)
 
     async def subgraphs(
@@ -270,9 +256,10 @@ class GraphRegistry:
         *,
         namespace: str | None = None,
         recurse: bool = False,
+        store: Any = None,
     ) -> dict[str, dict[str, Any]]:
         """namespace -> schemas of each subgraph (only the one at `namespace` when given)."""
-        async with self.graph(graph_id, config) as graph:
+        async with self.graph(graph_id, config, store=store) as graph:
             found = [(ns, sub) async for ns, sub in graph.aget_subgraphs(namespace=namespace, recurse=recurse)]
             return await asyncio.to_thread(lambda: {ns: _schemas_of(graph_id, sub) for ns, sub in found})
 
@@ -399,42 +386,6 @@ def _same_file(module: ModuleType, path: Path) -> bool:
 def _append_sys_path(entry: str) -> None:
     if entry not in sys.path:
         sys.path.append(entry)
-
-
-# ---------------------------------------------------------------------- factories
-
-
-def _factory_arg(factory: Callable[..., Any]) -> str | None:
-    """How to hand the run's config to a factory: positionally, as `config=`, or not at all."""
-    try:
-        params = list(inspect.signature(factory).parameters.values())
-    except (TypeError, ValueError):
-        return "positional"
-    for param in params:
-        if param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
-            return "positional"
-        if param.kind is inspect.Parameter.VAR_POSITIONAL:
-            return "positional"
-        if param.kind is inspect.Parameter.KEYWORD_ONLY and param.name == "config":
-            return "keyword"
-    return None
-
-
-async def _enter_sync_context(cm: AbstractContextManager, stack: AsyncExitStack) -> Any:
-    """Enter a sync context manager in a thread and schedule its exit (also in a thread)."""
-    value = await asyncio.to_thread(cm.__enter__)
-
-    async def _exit(exc_type: Any, exc: Any, tb: Any) -> bool | None:
-        return await asyncio.to_thread(cm.__exit__, exc_type, exc, tb)
-
-    stack.push_async_exit(_exit)
-    return value
-
-
-def _is_async_callable(obj: Any) -> bool:
-    while isinstance(obj, functools.partial):
-        obj = obj.func
-    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(getattr(obj, "__call__", None))
 
 
 def _attach(graph: Pregel, checkpointer: Any, store: Any) -> Pregel:

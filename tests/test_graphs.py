@@ -24,10 +24,8 @@ from agentserver.errors import InvalidInput
 from agentserver.graphs import GraphLoadError, GraphNotFound, GraphRegistry, system_assistant_id
 
 GRAPHS_DIR = Path(__file__).parent / "graphs"
-ALL_TEST_GRAPHS = [
-    "agent", "echo", "steps", "sleeper", "blocking", "streamer", "hitl", "failing",
-    "subgraph", "factory", "uncompiled", "counter", "context",
-]
+# Every graph declared in the test project, in declaration order.
+ALL_TEST_GRAPHS = list(json.loads((GRAPHS_DIR / "langgraph.json").read_text())["graphs"])
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,25 @@ async def test_events_mode(client):
     assert any(e["event"] == "on_chain_end" for e in evs)
 
 
+async def test_events_mode_streams_chat_model_tokens(client):
+    """LangChain's astream_events v2, as the official server streams it: chain and chat model
+    events of the nodes, the model's tokens as on_chat_model_stream."""
+    thread = await client.threads.create()
+    parts = [
+        p
+        async for p in client.runs.stream(
+            thread["thread_id"], "agent", input={"messages": [{"role": "user", "content": "hi"}]}, stream_mode="events"
+        )
+    ]
+    assert parts[0].event == "metadata"
+    evs = [p.data for p in parts if p.event == "events"]
+    kinds = {e["event"] for e in evs}
+    assert {"on_chain_start", "on_chain_stream", "on_chain_end", "on_chat_model_start", "on_chat_model_stream", "on_chat_model_end"} <= kinds
+    tokens = "".join(e["data"]["chunk"]["content"] for e in evs if e["event"] == "on_chat_model_stream")
+    assert tokens.startswith("You said: hi.")
+    assert all({"run_id", "name", "data", "metadata"} <= e.keys() for e in evs)
+
+
 async def test_subgraph_namespaces(client):
     thread = await client.threads.create()
     parts = [

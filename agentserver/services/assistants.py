@@ -215,14 +215,16 @@ class AssistantService:
         """The drawable graph of the assistant (nodes and edges)."""
         assistant = await self.get(assistant_id)
         try:
-            return await self.graphs.graph_json(assistant["graph_id"], self._graph_config(assistant), xray=xray)
+            return await self.graphs.graph_json(
+                assistant["graph_id"], self._graph_config(assistant), xray=xray, store=self.storage.store
+            )
         except GraphLoadError as exc:
             raise InvalidInput(str(exc)) from exc
 
     async def schemas(self, assistant_id: str) -> dict[str, Any]:
         assistant = await self.get(assistant_id)
         try:
-            return await self.graphs.schemas(assistant["graph_id"], self._graph_config(assistant))
+            return await self.graphs.schemas(assistant["graph_id"], self._graph_config(assistant), store=self.storage.store)
         except GraphLoadError as exc:
             raise InvalidInput(str(exc)) from exc
 
@@ -233,7 +235,11 @@ class AssistantService:
         assistant = await self.get(assistant_id)
         try:
             found = await self.graphs.subgraphs(
-                assistant["graph_id"], self._graph_config(assistant), namespace=namespace, recurse=recurse
+                assistant["graph_id"],
+                self._graph_config(assistant),
+                namespace=namespace,
+                recurse=recurse,
+                store=self.storage.store,
             )
         except GraphLoadError as exc:
             raise InvalidInput(str(exc)) from exc

@@ -27,6 +27,16 @@ log = structlog.get_logger(__name__)
 
 # Internal event carrying a run's outcome; published last, never sent to clients.
 RESULT_EVENT = "__result__"
+# `join_thread(after=THREAD_REPLAY_ALL)`: replay the thread's latest runs still in the broker.
+THREAD_REPLAY_ALL = "-"
+# How many of a thread's newest runs a thread stream looks back over.
+THREAD_REPLAY_RUNS = 100
+_RUN_PAGE = 20
+
+
+def _run_key(run: Record) -> tuple:
+    """The order in which a thread's runs execute (and its thread stream shows them)."""
+    return (run["created_at"], run["run_id"])
 
 
 
@@ -45,6 +55,17 @@ def _merge_config(base: dict | None, override: dict | None) -> dict:
     if base.get("tags") or override.get("tags"):
         out["tags"] = list(dict.fromkeys([*(base.get("tags") or []), *(override.get("tags") or [])]))
     return out
+
+
+def run_context(assistant: Record, context: dict | None, config: dict) -> dict:
+    """The context a run executes with: the assistant's, overlaid by the run's. When neither
+    gives one, the run's `config.configurable` stands in for it (as the official server does),
+    before the server adds its own keys. The executor keeps only the keys the graph's context
+    schema declares; with no keys at all, LangGraph builds the schema's defaults."""
+    merged = {**(assistant.get("context") or {}), **(context or {})}
+    if merged:
+        return merged
+    return dict(config.get("configurable") or {})
 
 
 def wait_body(result: dict | None, thread: Record | None) -> Any:
@@ -132,6 +153,7 @@ class RunService:
         assistant_id = assistant["assistant_id"]
 
         config = _merge_config(assistant.get("config"), body.config)
+        context = run_context(assistant, body.context, config)
         checkpoint_id = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
         configurable = config["configurable"]
         configurable.update(
@@ -157,14 +179,13 @@ class RunService:
             "assistant_id": assistant_id,
             "langgraph_api_version": __version__,
         }
-        context = {**(assistant.get("context") or {}), **(body.context or {})}
         on_completion = body.on_completion or ("delete" if stateless else "keep")
         durability = body.durability or ("sync" if body.checkpoint_during else "async")
         kwargs = {
             "input": body.input,
             "command": body.command.model_dump() if body.command is not None else None,
             "config": config,
-            "context": context or None,
+            "context": context,
             "stream_mode": body.stream_mode,
             "interrupt_before": body.interrupt_before,
             "interrupt_after": body.interrupt_after,
@@ -237,21 +258,30 @@ class RunService:
 
     # ---- cancel ----------------------------------------------------------------------------
     async def cancel(self, thread_id: str | None, run_id: str, action: str = "interrupt") -> Record:
+        """Cancel a pending or running run. A run that has already ended is not found (404), as
+        on the official server: there is nothing left to cancel."""
         run = await self.get(thread_id, run_id)
         if run["status"] not in INFLIGHT:
-            raise Conflict(f"Run '{run_id}' is already {run['status']}; nothing to cancel")
+            raise NotFound(f"Run '{run_id}' is already {run['status']}; nothing to cancel")
         await self._cancel_one(run, action)
         return run
 
-    async def cancel_many(self, *, thread_id: str | None, run_ids: list[str] | None, status: str | None) -> int:
+    async def cancel_many(
+        self, *, thread_id: str | None, run_ids: list[str] | None, status: str | None, action: str = "interrupt"
+    ) -> int:
+        """Cancel the in-flight runs named (`run_ids`) or of a status; NotFound when none is left."""
         if run_ids:
-            runs = [r for r in (await self.storage.run_inflight(thread_id=thread_id)) if r["run_id"] in set(run_ids)]
+            wanted = set(run_ids)
+            runs = [r for r in (await self.storage.run_inflight(thread_id=thread_id)) if r["run_id"] in wanted]
             if not runs:
-                raise NotFound("No pending or running runs match")
+                raise NotFound("No pending or running runs match; they may have ended or been deleted")
         else:
             runs = await self.storage.run_inflight(thread_id=thread_id, status=status or "all")
+            if not runs:
+                which = status if status in INFLIGHT else "pending or running"
+                raise NotFound(f"No {which} runs to cancel")
         for run in runs:
-            await self._cancel_one(run, "interrupt")
+            await self._cancel_one(run, action)
         return len(runs)
 
     async def _cancel_one(self, run: Record, action: str) -> None:
@@ -335,10 +365,16 @@ class RunService:
             yield event
 
     async def join_thread(
-        self, thread_id: str, *, modes: list[str] | None
-    ) -> AsyncIterator[tuple[str, Event | None]]:
-        """Every run of a thread, one after another, from now on: (run_id, event) pairs;
-        ("", None) on idle; (run_id, None) after each run ends."""
+        self, thread_id: str, *, modes: list[str] | None, after: str | tuple[str, str] | None = None
+    ) -> AsyncIterator[tuple[str, Record | None, Event | None]]:
+        """Every run of a thread, one after another, oldest first: ("start", run, None) before a
+        run's first event, ("event", run, event) for each event, ("done", run, None) after its
+        end, ("idle", None, None) when nothing happened for a heartbeat interval.
+
+        `after` picks the first run: None = the runs in flight now (then every later one);
+        THREAD_REPLAY_ALL = the latest runs of the thread whose event logs are still kept;
+        (run_id, position) = resume after that point of that run (position: an event id, or
+        "done"), then every later run, finished ones replayed from their logs."""
         wake = asyncio.Event()
 
         async def pump() -> None:
@@ -346,25 +382,57 @@ class RunService:
                 wake.set()
 
         pumper = asyncio.create_task(pump())
-        seen: set[str] = set()
+        queue: list[tuple[Record, str | None]] = []  # (run, resume position; None = from its start)
+        floor: tuple | None = None  # runs ordered after this key have not been streamed yet
         try:
+            if after == THREAD_REPLAY_ALL:
+                pass
+            elif after is not None and (resumed := await self.storage.run_get(after[0], thread_id)) is not None:
+                floor = _run_key(resumed)
+                if after[1] != "done":
+                    queue.append((resumed, after[1]))
+            else:  # from now on (also when the run resumed from was deleted meanwhile)
+                inflight = sorted(await self.storage.run_inflight(thread_id=thread_id), key=_run_key)
+                queue = [(r, None) for r in inflight]
+                latest = inflight[-1:] or await self.storage.run_list(thread_id, status=None, limit=1, offset=0)
+                floor = _run_key(latest[0]) if latest else None
             while True:
                 wake.clear()
-                inflight = await self.storage.run_inflight(thread_id=thread_id)
-                fresh = sorted(
-                    (r for r in inflight if r["run_id"] not in seen),
-                    key=lambda r: (r["created_at"], r["run_id"]),
-                )
-                if not fresh:
+                if not queue:
+                    queue = [(r, None) for r in await self._runs_after(thread_id, floor)]
+                if not queue:
                     try:
                         await asyncio.wait_for(wake.wait(), self.settings.stream_heartbeat_secs)
                     except asyncio.TimeoutError:
-                        yield "", None
+                        yield "idle", None, None
                     continue
-                run = fresh[0]
-                seen.add(run["run_id"])
-                async for event in self.events(run["run_id"], thread_id, after="0", modes=modes):
-                    yield run["run_id"], event
-                yield run["run_id"], None
+                run, position = queue.pop(0)
+                floor = _run_key(run)
+                if run["status"] not in INFLIGHT and not await self.broker.stream_done(run["run_id"]):
+                    continue  # ended long ago: its event log has expired, nothing to replay
+                if position is None:
+                    yield "start", run, None
+                async for event in self.events(run["run_id"], thread_id, after=position or "0", modes=modes):
+                    if event is None:
+                        yield "idle", None, None
+                    else:
+                        yield "event", run, event
+                yield "done", run, None
         finally:
             pumper.cancel()
+
+    async def _runs_after(self, thread_id: str, floor: tuple | None) -> list[Record]:
+        """The thread's runs ordered after `floor` (all when None), oldest first; at most
+        THREAD_REPLAY_RUNS of the newest."""
+        found: dict[str, Record] = {}
+        offset = 0
+        while len(found) < THREAD_REPLAY_RUNS:
+            page = await self.storage.run_list(thread_id, status=None, limit=_RUN_PAGE, offset=offset)
+            for run in page:
+                if floor is not None and _run_key(run) <= floor:
+                    return sorted(found.values(), key=_run_key)
+                found.setdefault(run["run_id"], run)
+            if len(page) < _RUN_PAGE:
+                break
+            offset += _RUN_PAGE
+        return sorted(found.values(), key=_run_key)

@@ -23,10 +23,14 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Sequence
 
 import structlog
+from langgraph._internal._constants import CONFIG_KEY_RUNTIME  # the key LangGraph reads its runtime from
 from langgraph.errors import EmptyInputError, InvalidUpdateError
+from langgraph.runtime import Runtime
 from langgraph.types import Command, PregelTask, Send, StateSnapshot, StateUpdate
 
 from agentserver.errors import AgentServerError, BadRequest, InvalidInput, NotFound
+from agentserver.executor import coerce_context
+from agentserver.factory import READ, UPDATE, AccessContext
 from agentserver.graphs import GraphLoadError, GraphRegistry
 from agentserver.services.assistants import is_uuid
 from agentserver.storage.base import Record, Storage, ThreadQuery
@@ -478,12 +482,12 @@ class ThreadService:
         return graph_id, config
 
     @asynccontextmanager
-    async def _graph(self, graph_id: str, config: dict[str, Any]) -> AsyncIterator[Any]:
+    async def _graph(self, graph_id: str, config: dict[str, Any], access: AccessContext = READ) -> AsyncIterator[Any]:
         """The thread's graph on the storage's checkpointer; LangGraph's complaints about a
         request (unknown node, bad update, unknown namespace) become 400s."""
         try:
             async with self.graphs.graph(
-                graph_id, config, checkpointer=self.storage.checkpointer, store=self.storage.store
+                graph_id, config, access=access, checkpointer=self.storage.checkpointer, store=self.storage.store
             ) as graph:
                 yield graph
         except GraphLoadError as exc:
@@ -516,7 +520,8 @@ class ThreadService:
         metadata: dict[str, Any] | None = None,
         checkpoint: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """Past states, newest first."""
+        """Past states, newest first. `before`: a checkpoint id, a checkpoint, or a config
+        (`{"configurable": {"checkpoint_id": ...}}`)."""
         thread = await self.get(thread_id)
         setup = await self._graph_config(thread, checkpoint, read_only=True)
         if setup is None:
@@ -525,6 +530,8 @@ class ThreadService:
         before_config = None
         if before:
             ref = {"checkpoint_id": before} if isinstance(before, str) else dict(before)
+            if isinstance(ref.get("configurable"), dict):
+                ref = ref["configurable"]
             if ref.get("checkpoint_id"):
                 before_config = {
                     "configurable": {
@@ -556,7 +563,8 @@ class ThreadService:
         if setup is None:
             raise BadRequest(_NO_GRAPH.format(thread_id=thread_id))
         graph_id, config = setup
-        async with self._graph(graph_id, config) as graph:
+        async with self._graph(graph_id, config, UPDATE) as graph:
+            config = await self._with_runtime(graph, thread, config)
             written = await graph.aupdate_state(config, values, as_node=as_node)
             await self._mirror(graph, thread)
         conf = written.get("configurable") or {}
@@ -580,9 +588,22 @@ class ThreadService:
             ]
             for step in supersteps
         ]
-        async with self._graph(graph_id, config) as graph:
+        async with self._graph(graph_id, config, UPDATE) as graph:
+            config = await self._with_runtime(graph, thread, config)
             await graph.abulk_update_state(config, steps)
             await self._mirror(graph, thread)
+
+    async def _with_runtime(self, graph: Any, thread: Record, config: dict[str, Any]) -> dict[str, Any]:
+        """`config` carrying the LangGraph runtime a state update runs the node's writers (and
+        its edges) with: the thread's assistant's context, built as for a run, and the store."""
+        context: dict[str, Any] = {}
+        assistant_id = (thread.get("metadata") or {}).get("assistant_id")
+        if assistant_id and is_uuid(str(assistant_id)):
+            assistant = await self.storage.assistant_get(str(assistant_id))
+            if assistant is not None:
+                context = assistant.get("context") or {}
+        runtime = Runtime(context=coerce_context(graph, context), store=self.storage.store)
+        return {**config, "configurable": {**config["configurable"], CONFIG_KEY_RUNTIME: runtime}}
 
     async def _mirror(self, graph: Any, thread: Record) -> None:
         """Make the latest checkpoint durable, then copy its values/interrupts (and status,

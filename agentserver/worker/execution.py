@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from agentserver.executor import RunInput, error_payload, final_state, stream_run
+from agentserver.factory import CREATE_RUN, READ
 from agentserver.storage.base import Record
 from agentserver.utils import dumps
 
@@ -44,12 +45,15 @@ async def execute(rt: "Runtime", run: Record, attempt: int, publish: Publish, *,
         config = {**_root_config(run), "metadata": config["metadata"]}
     graph_id = config["configurable"]["graph_id"]
     run_id = run["run_id"]
-    async with rt.graphs.graph(graph_id, config, checkpointer=checkpointer, store=store) as graph:
+    context = kwargs.get("context")
+    async with rt.graphs.graph(
+        graph_id, config, access=CREATE_RUN, checkpointer=checkpointer, store=store, context=context
+    ) as graph:
         spec = RunInput(
             input=inp,
             command=command,
             config=config,
-            context=kwargs.get("context"),
+            context=context,
             stream_mode=list(kwargs.get("stream_mode") or ["values"]),
             stream_subgraphs=bool(kwargs.get("subgraphs")),
             interrupt_before=kwargs.get("interrupt_before"),
@@ -64,5 +68,7 @@ async def read_final_state(rt: "Runtime", run: Record) -> tuple[Any, dict, bool]
     """(values, interrupts by task id, has next nodes) of the thread's latest checkpoint."""
     config = _root_config(run)
     graph_id = config["configurable"]["graph_id"]
-    async with rt.graphs.graph(graph_id, config, checkpointer=rt.storage.checkpointer, store=rt.storage.store) as graph:
+    async with rt.graphs.graph(
+        graph_id, config, access=READ, checkpointer=rt.storage.checkpointer, store=rt.storage.store
+    ) as graph:
         return await final_state(graph, config)

@@ -10,8 +10,9 @@ import structlog
 
 from agentserver import metrics
 from agentserver.errors import Unavailable
+from agentserver.graphs import GraphLoadError
 from agentserver.storage.base import Claimed, RunEnd
-from agentserver.storage.errors import is_unavailable
+from agentserver.storage.errors import is_backend_unavailable
 from agentserver.utils import dumps
 from agentserver.worker.webhook import send_webhook
 
@@ -133,9 +134,21 @@ class Job:
             return asyncio.ensure_future(execute(self.rt, self.run_record, self.attempt, self.rt.broker.publish))
         return loops.submit(self.rt, self.run_record, self.attempt)
 
+    async def _final_state(self, log_) -> tuple[Any, dict | None, bool]:
+        """The thread's state after the run, read through its graph. When the graph cannot be
+        built (a factory that raises: the run never started), the thread's state is left as it
+        is; Postgres or Redis unreachable propagates (the run's lease runs out and it is retried)."""
+        from agentserver.worker.execution import read_final_state
+
+        try:
+            return await read_final_state(self.rt, self.run_record)
+        except GraphLoadError as exc:
+            log_.debug("thread state left as is: the graph cannot be built", error=str(exc))
+            return None, None, False
+
     async def _end(self, outcome: tuple[str, Any], log_) -> None:
         from agentserver.services.runs import with_interrupts
-        from agentserver.worker.execution import error_payload, read_final_state
+        from agentserver.worker.execution import error_payload
 
         rt = self.rt
         storage, broker = rt.storage, rt.broker
@@ -144,7 +157,11 @@ class Job:
         if reason == "lost_lease":
             log_.warning("lease lost: another worker owns this run now")
             return
-        retriable = reason == "shutdown" or (kind == "error" and (isinstance(exc, Unavailable) or is_unavailable(exc)))
+        # Retries are for what is transient (a shutdown past its grace period, Postgres or Redis
+        # unreachable); a graph that fails to build or raises fails on its first attempt.
+        retriable = reason == "shutdown" or (
+            kind == "error" and (isinstance(exc, Unavailable) or is_backend_unavailable(exc))
+        )
         if retriable and self.attempt < self.worker.max_attempts:
             log_.info("requeueing run", reason=reason or repr(exc))
             delay = 0.0 if reason == "shutdown" else 0.5
@@ -155,7 +172,7 @@ class Job:
 
         if reason == "rollback":
             await storage.checkpointer.adelete_for_runs([self.run_id])
-        values, interrupts, has_next = await read_final_state(rt, self.run_record)
+        values, interrupts, has_next = await self._final_state(log_)
         await storage.checkpoint_barrier()
         error = None
         if reason in ("interrupt", "rollback"):
@@ -171,6 +188,9 @@ class Job:
                 error = {"error": "TimeoutError", "message": f"Run timed out after {self.worker.settings.bg_job_timeout_secs:g}s"}
             else:
                 error = error_payload(exc) if exc is not None else {"error": "RetriesExhausted", "message": "Run was interrupted too many times"}
+            log_.error("run failed", error_type=error["error"], error=error["message"])
+            if exc is not None:
+                log_.debug("run failed: traceback", exc_info=exc)
             await broker.publish(self.run_id, "error", dumps(error))
             end = RunEnd(
                 status="timeout" if kind == "timeout" else "error",
