@@ -229,3 +229,36 @@ def test_server_runtime_variants():
         assert read.execution_runtime is None and read.access_context == access and read.store is store
         with pytest.raises(PermissionError):
             read.ensure_user()
+
+
+# ---------------------------------------------------------------- agents as users write them
+
+
+@pytest.mark.parametrize("graph_id", ["tool_agent", "tool_agent_factory"])
+async def test_create_agent_with_a_tool_and_context(client, graph_id):
+    """`langchain.agents.create_agent` (a fake model calling a tool that reads the run context),
+    compiled and from a `(config, runtime)` factory."""
+    thread = await client.threads.create()
+    parts = [
+        p
+        async for p in client.runs.stream(
+            thread["thread_id"],
+            graph_id,
+            input={"messages": [{"role": "user", "content": "Lyon"}]},
+            context={"units": "kelvin"},
+            stream_mode=["updates", "messages-tuple"],
+        )
+    ]
+    events = [p.event for p in parts]
+    assert "error" not in events, parts[-1]
+    updates = [p.data for p in parts if p.event == "updates"]
+    assert any("tools" in u for u in updates) and any("model" in u for u in updates)
+    state = await client.threads.get_state(thread["thread_id"])
+    messages = state["values"]["messages"]
+    assert [m["type"] for m in messages] == ["human", "ai", "tool", "ai"]
+    assert messages[2]["content"] == "sunny in Lyon, 21 degrees kelvin"
+    assert messages[-1]["content"] == "The forecast: sunny in Lyon, 21 degrees kelvin."
+    # Without a context the tool sees the schema's default.
+    other = await client.threads.create()
+    out = await client.runs.wait(other["thread_id"], graph_id, input={"messages": [{"role": "user", "content": "Oslo"}]})
+    assert out["messages"][-1]["content"] == "The forecast: sunny in Oslo, 21 degrees celsius."
