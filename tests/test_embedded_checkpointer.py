@@ -6,6 +6,7 @@ import asyncio
 import operator
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
-from agentserver.storage.embedded_checkpointer import CheckpointerClosed, DurableMemorySaver
+from agentserver.storage.sqlite.journal import CheckpointerClosed
+from agentserver.storage.sqlite.saver import DurableMemorySaver
 
 DURABILITIES = ["sync", "async", "exit"]
 
@@ -255,7 +257,7 @@ async def test_acknowledged_writes_survive_a_crash(tmp_path: Path, db: Path, ope
             sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
             from langgraph.types import Command
             from tests.test_embedded_checkpointer import build_graph, cfg
-            from agentserver.storage.embedded_checkpointer import DurableMemorySaver
+            from agentserver.storage.sqlite.saver import DurableMemorySaver
 
             async def main():
                 saver = DurableMemorySaver({str(db)!r})
@@ -282,6 +284,145 @@ async def test_acknowledged_writes_survive_a_crash(tmp_path: Path, db: Path, ope
         state = await graph.aget_state(cfg(f"c-{i}"))
         assert state.values == {"steps": ["a", "b", "ask", "c", "d"], "answer": "r"}
         assert len(await history(graph, cfg(f"c-{i}"))) == 7
+
+
+# ---- the journal: group commits that fail or die half-way -----------------------------------
+class FaultyConnection:
+    """Wraps the journal's connection: `fault()` runs at statement `at` (> 1) of every group
+    commit while `failing` is set, i.e. after part of the group was written in its transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, fault, at: int = 2) -> None:
+        self._conn, self._fault, self._at = conn, fault, at
+        self.failing = True
+        self.failures = 0
+        self._statements = 0
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def execute(self, sql: str, *args):
+        if sql == "BEGIN IMMEDIATE":
+            self._statements = 0
+        return self._conn.execute(sql, *args)
+
+    def executemany(self, sql: str, rows):
+        self._statements += 1
+        if self.failing and self._statements == self._at:
+            self.failures += 1
+            self._fault()
+        return self._conn.executemany(sql, rows)
+
+
+def _injected() -> None:
+    raise sqlite3.OperationalError("injected fault")
+
+
+def _rows(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return sum(
+            conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+        )
+    finally:
+        conn.close()
+
+
+async def test_failed_group_commit_is_rolled_back_then_retried_whole(db: Path, opened):
+    saver = await opened(db)
+    saver._journal.linger = 5.0  # one group: everything below commits together, on flush
+    graph = build_graph().compile(checkpointer=saver)
+    await graph.ainvoke({"steps": []}, cfg("kept"))
+    await saver.flush()
+    durable = _rows(db)
+    faulty = FaultyConnection(saver._journal._conn, _injected)
+    saver._journal._conn = faulty
+    await graph.ainvoke(Command(resume="yes"), cfg("kept"))
+    await graph.ainvoke({"steps": []}, cfg("late"))
+    expected = await history(graph, cfg("kept")), await history(graph, cfg("late"))
+    with pytest.raises(sqlite3.OperationalError, match="injected"):
+        await saver.flush()  # the flusher gets the writer's error
+    assert faulty.failures >= 1
+    assert _rows(db) == durable  # the half-applied group was rolled back
+    faulty.failing = False
+    await saver.flush()  # the writer retried the whole group
+    assert _rows(db) > durable
+    await saver.aclose()
+    fresh = await opened(db)
+    graph2 = build_graph().compile(checkpointer=fresh)
+    assert (await history(graph2, cfg("kept")), await history(graph2, cfg("late"))) == expected
+
+
+async def test_close_gives_up_on_a_commit_that_keeps_failing(db: Path, opened, caplog):
+    saver = await opened(db)
+    graph = build_graph().compile(checkpointer=saver)
+    await graph.ainvoke({"steps": []}, cfg("kept"))
+    await saver.flush()
+    kept = await history(graph, cfg("kept"))
+    saver._journal._conn = FaultyConnection(saver._journal._conn, _injected)
+    await graph.ainvoke(Command(resume="lost"), cfg("kept"))
+    with caplog.at_level("ERROR"):
+        await saver.aclose()  # retries a few times, then stops instead of hanging
+    assert "not persisted" in caplog.text
+    with pytest.raises(CheckpointerClosed):
+        await saver.adelete_thread("kept")
+    fresh = await opened(db)
+    assert await history(build_graph().compile(checkpointer=fresh), cfg("kept")) == kept
+
+
+async def test_crash_in_the_middle_of_a_group_commit(tmp_path: Path, db: Path, opened):
+    """SIGKILL between two statements of a group commit (with pages already spilled to the
+    WAL): the reopened file holds every acknowledged checkpoint and nothing of that group."""
+    script = tmp_path / "crash_mid_commit.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, os, signal, sys
+            sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+            from langgraph.types import Command
+            from tests.test_embedded_checkpointer import FaultyConnection, build_graph, cfg
+            from agentserver.storage.sqlite.saver import DurableMemorySaver
+
+            async def main():
+                saver = DurableMemorySaver({str(db)!r})
+                await saver.asetup()
+                saver._journal.linger = 5.0  # one group, committed on flush
+                graph = build_graph().compile(checkpointer=saver)
+                await graph.ainvoke({{"steps": []}}, cfg("kept"))
+                await saver.flush()
+                print("acknowledged", flush=True)
+                conn = saver._journal._conn
+                conn.execute("PRAGMA cache_size=1")  # dirty pages spill to the WAL early
+                die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+                saver._journal._conn = FaultyConnection(conn, die, at=100)
+                for i in range(20):
+                    await graph.ainvoke({{"steps": ["x" * 4096]}}, cfg(f"lost-{{i}}"))
+                await graph.ainvoke(Command(resume="lost"), cfg("kept"))
+                await saver.flush()
+                print("not reached", flush=True)
+
+            asyncio.run(main())
+            """
+        )
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "acknowledged" in proc.stdout and "not reached" not in proc.stdout
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+    saver = await opened(db)
+    assert {t.config["configurable"]["thread_id"] for t in saver.list(None)} == {"kept"}
+    graph = build_graph().compile(checkpointer=saver)
+    assert len(await history(graph, cfg("kept"))) == 4  # as acknowledged: interrupted at ask
+    final = await graph.ainvoke(Command(resume="again"), cfg("kept"))
+    assert final == {"steps": ["a", "b", "ask", "c", "d"], "answer": "again"}
 
 
 # ---- maintenance operations ----------------------------------------------------------------
@@ -473,7 +614,7 @@ async def test_lifecycle_and_exclusive_lock(db: Path, opened):
 
 
 async def test_embedded_storage_refuses_a_second_instance_on_the_same_directory(tmp_path: Path):
-    from agentserver.storage.embedded import EmbeddedStorage
+    from agentserver.storage.sqlite import EmbeddedStorage
 
     first = EmbeddedStorage(tmp_path / "data")
     await first.setup()
