@@ -18,9 +18,9 @@ from psycopg import errors as pg_errors
 
 from agentserver.errors import Conflict, Unavailable
 from agentserver.storage.base import RunEnd, ThreadQuery
-from agentserver.storage.migrate import load_migrations, migrate
-from agentserver.storage.pg_pool import create_pool, pool_size_per_loop
-from agentserver.storage.postgres import PostgresStorage
+from agentserver.storage.postgres import PostgresStorage, migrate
+from agentserver.storage.postgres.migrate import load_migrations
+from agentserver.storage.postgres.pool import create_pool, pool_size_per_loop
 from agentserver.utils import now, uuid7
 from tests.harness import PostgresServer
 

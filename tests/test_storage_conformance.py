@@ -65,7 +65,7 @@ def backend() -> Backend:
 @pytest.fixture(params=["embedded", "postgres"])
 async def storage(request, tmp_path, backend: Backend):
     if request.param == "embedded":
-        from agentserver.storage.embedded import EmbeddedStorage
+        from agentserver.storage.sqlite import EmbeddedStorage
 
         path = tmp_path / "agentserver"
         backend.factory = lambda: EmbeddedStorage(path)
@@ -1046,12 +1046,140 @@ async def test_survives_reopen(storage: Storage, backend: Backend):
     assert c2.run["run_id"] == pending["run_id"]
 
 
+# ---- the rules of agentserver.storage.rules, the same on every backend ---------------------
+async def test_rule_reject_message(storage: Storage):
+    from agentserver.storage import rules
+
+    tid = (await new_thread(storage))["thread_id"]
+    await add_run(storage, tid)
+    with pytest.raises(Conflict) as info:
+        await add_run(storage, tid, strategy="reject")
+    assert info.value.detail == rules.REJECT_MESSAGE
+
+
+async def test_rule_thread_graph_metadata(storage: Storage):
+    from agentserver.storage import rules
+
+    # the run's graph_id (from its configurable) and assistant_id win over the thread's
+    t = await new_thread(storage, metadata={"graph_id": "old", "assistant_id": "old-asst", "k": 1})
+    run = run_rec(t["thread_id"])
+    await storage.run_create(run, thread=t, multitask_strategy="enqueue")
+    expected = rules.thread_graph_metadata(run, t)
+    assert expected == {"graph_id": "agent", "assistant_id": "asst-1"}
+    assert (await storage.thread_get(t["thread_id"]))["metadata"] == {"k": 1, **expected}
+
+    # a run without a graph_id of its own keeps the one the thread has
+    t2 = await new_thread(storage, metadata={"graph_id": "kept"})
+    run2 = run_rec(t2["thread_id"], kwargs={"input": {}, "config": {"configurable": {}}})
+    await storage.run_create(run2, thread=t2, multitask_strategy="enqueue")
+    assert rules.thread_graph_metadata(run2, t2) == {"graph_id": "kept", "assistant_id": "asst-1"}
+    assert (await storage.thread_get(t2["thread_id"]))["metadata"] == {"graph_id": "kept", "assistant_id": "asst-1"}
+
+    # a thread created by its run gets the same
+    tid = uuid7()
+    run3 = run_rec(tid)
+    await storage.run_create(run3, thread=thread_rec(thread_id=tid, metadata={"graph_id": "x", "k": 2}), if_not_exists="create")
+    assert (await storage.thread_get(tid))["metadata"] == {"graph_id": "agent", "assistant_id": "asst-1", "k": 2}
+
+
+async def test_rule_settled_thread(storage: Storage):
+    from agentserver.storage import rules
+
+    t = await new_thread(storage, ttl={"strategy": "delete", "ttl": 60}, values={"v": 0}, interrupts={"t": [{"id": "i"}]})
+    tid = t["thread_id"]
+    base = now() - timedelta(seconds=1)
+    first = (await add_run(storage, tid, created_at=base)).run
+    second = (await add_run(storage, tid, created_at=base + timedelta(milliseconds=1))).run
+    (c,) = await storage.claim_runs("w", 10, LONG, 3)
+    before = await storage.thread_get(tid)
+    await asyncio.sleep(0.01)
+    end = RunEnd(status="error", values={"v": 1}, thread_status="error", error={"error": "E", "message": "m"})
+    assert await storage.run_finish(first["run_id"], c.lease_id, end)
+    th = await storage.thread_get(tid)
+    # another run in flight: busy; values mirrored (the end carries them), interrupts kept
+    assert th["status"] == rules.settled_status(True, "error") == "busy"
+    assert th["values"] == {"v": 1} and th["interrupts"] == {"t": [{"id": "i"}]}
+    assert th["error"] == {"error": "E", "message": "m"}
+    assert th["state_updated_at"] > before["state_updated_at"]
+    assert th["expires_at"] > before["expires_at"] and th["updated_at"] > before["updated_at"]
+
+    (c,) = await storage.claim_runs("w", 10, LONG, 3)
+    assert c.run["run_id"] == second["run_id"]
+    await asyncio.sleep(0.01)
+    assert await storage.run_finish(second["run_id"], c.lease_id, RunEnd(status="success", interrupts={}))
+    after = await storage.thread_get(tid)
+    # nothing else in flight: the resting status; values kept, interrupts cleared, error cleared
+    assert after["status"] == rules.settled_status(False, "idle") == "idle"
+    assert after["values"] == {"v": 1} and after["interrupts"] == {}
+    assert after["error"] is None
+    assert after["state_updated_at"] > th["state_updated_at"]
+    assert after["expires_at"] > th["expires_at"]
+
+    # an end carrying neither values nor interrupts leaves the state (and its clock) alone
+    third = (await add_run(storage, tid)).run
+    (c,) = await storage.claim_runs("w", 10, LONG, 3)
+    assert await storage.run_finish(third["run_id"], c.lease_id, RunEnd(status="interrupted", thread_status="interrupted"))
+    last = await storage.thread_get(tid)
+    assert last["status"] == "interrupted"
+    assert (last["values"], last["interrupts"]) == ({"v": 1}, {})
+    assert last["state_updated_at"] == after["state_updated_at"]
+
+
+async def test_rule_retries_exhausted_error(storage: Storage):
+    from agentserver.storage import rules
+
+    tid = (await new_thread(storage))["thread_id"]
+    run = (await add_run(storage, tid)).run
+    for attempt in (1, 2):
+        (c,) = await storage.claim_runs("w", 10, SHORT, 2)
+        assert c.attempt == attempt
+        await asyncio.sleep(EXPIRE)
+    (failed,) = await storage.fail_exhausted(2)
+    assert failed["run_id"] == run["run_id"] and failed["status"] == "error"
+    th = await storage.thread_get(tid)
+    assert th["status"] == "error"
+    assert th["error"] == rules.retries_exhausted_error(run["run_id"], 2, 2)
+
+
+async def test_rule_graph_metadata_precedence(storage: Storage):
+    """The run record's own graph_id comes before its configurable's and the thread's; a run
+    without an assistant_id takes the thread's."""
+    from agentserver.storage import rules
+
+    t = await new_thread(storage, metadata={"graph_id": "thread-graph", "assistant_id": "thread-asst"})
+    run = run_rec(t["thread_id"], graph_id="own-graph", assistant_id=None)
+    await storage.run_create(run, thread=t, multitask_strategy="enqueue")
+    expected = rules.thread_graph_metadata(run, t)
+    assert expected == {"graph_id": "own-graph", "assistant_id": "thread-asst"}
+    assert (await storage.thread_get(t["thread_id"]))["metadata"] == expected
+
+
+async def test_rule_exhausted_with_another_run_in_flight(storage: Storage):
+    """An exhausted run settles its thread like any end: busy while another run is in flight,
+    with the retries-exhausted error; values and interrupts untouched."""
+    from agentserver.storage import rules
+
+    t = await new_thread(storage, values={"v": 1}, interrupts={"t": [{"id": "i"}]})
+    tid = t["thread_id"]
+    base = now() - timedelta(seconds=1)
+    doomed = (await add_run(storage, tid, created_at=base)).run
+    await add_run(storage, tid, created_at=base + timedelta(milliseconds=1))
+    (c,) = await storage.claim_runs("w", 10, SHORT, 1)
+    assert c.run["run_id"] == doomed["run_id"]
+    await asyncio.sleep(EXPIRE)
+    assert ids(await storage.fail_exhausted(1), "run_id") == [doomed["run_id"]]
+    th = await storage.thread_get(tid)
+    assert th["status"] == rules.settled_status(True, "error") == "busy"
+    assert th["error"] == rules.retries_exhausted_error(doomed["run_id"], 1, 1)
+    assert (th["values"], th["interrupts"]) == ({"v": 1}, {"t": [{"id": "i"}]})
+
+
 async def test_embedded_search_index_migration(tmp_path):
     """A schema-1 database (no metadata index, no per-status counters) is migrated when it
     is opened: searches and totals are right at once, and reopening changes nothing."""
     import sqlite3
 
-    from agentserver.storage.embedded import DB_FILE, EmbeddedStorage
+    from agentserver.storage.sqlite import DB_FILE, EmbeddedStorage
 
     path = tmp_path / "agentserver"
     storage = EmbeddedStorage(path)
@@ -1072,6 +1200,7 @@ async def test_embedded_search_index_migration(tmp_path):
     conn.execute("DROP TABLE thread_meta")
     conn.execute("DROP TABLE thread_meta_counts")
     conn.execute("DELETE FROM row_counts WHERE name LIKE 'threads.status:%'")
+    conn.execute("DROP TABLE schema_migrations")  # as a release-0.1 database: no record of files
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()

@@ -1,8 +1,10 @@
 """Versioned schema migrations for the Postgres storage.
 
-Migrations are the files `agentserver/storage/migrations/NNNN_<name>.sql` (package data),
-applied in order, each in its own transaction, and recorded in `schema_migrations`. LangGraph's
-checkpointer and store keep their own migration tables; their `setup()` runs right after ours.
+Migrations are the files `agentserver/storage/postgres/migrations/NNNN_<name>.sql` (package
+data), found and planned by `agentserver.storage.migrations` (the mechanism shared with the
+SQLite backend), applied in order, each in its own transaction, and recorded with their checksum
+in `schema_migrations`. LangGraph's checkpointer and store keep their own migration tables;
+their `setup()` runs right after ours.
 
 Everything happens under one Postgres advisory lock, so many replicas may start at once: the
 first applies what is missing, the others wait, then find nothing left to do. The lock is taken
@@ -14,11 +16,7 @@ replica blocked inside `pg_advisory_lock` holds one (an undetected deadlock).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import psycopg
@@ -27,7 +25,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from agentserver.errors import Unavailable
-from agentserver.storage.pg_pool import (
+from agentserver.storage import migrations
+from agentserver.storage.postgres.pool import (
     RETRY_ATTEMPTS,
     acquire,
     connection_kwargs,
@@ -40,8 +39,8 @@ logger = logging.getLogger(__name__)
 # pg advisory lock key for schema changes ("agentsrv" in ASCII, a positive bigint).
 MIGRATION_LOCK_KEY = 0x6167656E74737276
 LOCK_TIMEOUT = 600.0
-
-_FILE_RE = re.compile(r"^(\d{4})_([A-Za-z0-9_\-]+)\.sql$")
+# The package whose `migrations/` folder holds this backend's schema files.
+MIGRATIONS_PACKAGE = "agentserver.storage.postgres"
 
 SQL_CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -57,33 +56,9 @@ SQL_TRY_LOCK = "SELECT pg_try_advisory_lock(%s) AS locked"
 SQL_UNLOCK = "SELECT pg_advisory_unlock(%s)"
 
 
-@dataclass(frozen=True)
-class Migration:
-    version: str
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-
-def load_migrations() -> list[Migration]:
-    """The migration files shipped with the package, in version order."""
-    folder = resources.files("agentserver").joinpath("storage", "migrations")
-    found: list[Migration] = []
-    seen: set[str] = set()
-    for entry in folder.iterdir():
-        match = _FILE_RE.match(entry.name)
-        if not match:
-            continue
-        version, name = match.groups()
-        if version in seen:
-            raise RuntimeError(f"two migrations share version {version}")
-        seen.add(version)
-        found.append(Migration(version, name, entry.read_text(encoding="utf-8")))
-    found.sort(key=lambda m: m.version)
-    return found
+def load_migrations() -> list[migrations.Migration]:
+    """The Postgres migration files shipped with the package, in version order."""
+    return migrations.load(MIGRATIONS_PACKAGE)
 
 
 async def migrate(
@@ -182,16 +157,8 @@ async def _apply(conn: AsyncConnection) -> list[str]:
         await cur.execute(SQL_APPLIED)
         done = {row["version"]: row["checksum"] for row in await cur.fetchall()}
     applied: list[str] = []
-    for migration in load_migrations():
-        if migration.version in done:
-            if done[migration.version] != migration.checksum:
-                logger.warning(
-                    "migration %s_%s changed after it was applied; it is not applied again",
-                    migration.version,
-                    migration.name,
-                )
-            continue
-        logger.info("applying migration %s_%s", migration.version, migration.name)
+    for migration in migrations.pending(load_migrations(), done):
+        logger.info("applying migration %s", migration.label)
         async with conn.transaction():
             # A script of several statements: simple query protocol, never prepared.
             await conn.execute(migration.sql, prepare=False)
