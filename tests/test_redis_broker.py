@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-import agentserver.broker.redis as redis_broker
+import agentserver.broker.redis.broker as redis_broker
 from agentserver.broker.base import Event
 from agentserver.broker.redis import RedisBroker
 from agentserver.settings import Settings

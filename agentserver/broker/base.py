@@ -6,8 +6,9 @@
 * per thread, a notification when any run of it starts or ends (for `GET /threads/{id}/stream`);
 * a queue wake-up: "a run is ready", so idle workers claim at once instead of polling.
 
-Two implementations: `memory.MemoryBroker` (one process) and `redis.RedisBroker`.
-Both pass `tests/test_broker_conformance.py`.
+Two implementations: `memory.MemoryBroker` (one process) and `redis.RedisBroker` (a package).
+Both pass `tests/test_broker_conformance.py`. What both use (event id parsing, cross-loop
+waiters, control watchers, timed wake-ups) lives beside this port, in `common.py`.
 
 Every method may be called from any event loop of the process (jobs on isolated loops,
 `BG_JOB_ISOLATED_LOOPS`); callbacks and iterators run on the loop that asked for them.
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from agentserver.utils import dumps
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class Event:
 
 # Control event that marks the end of a run's stream; never sent to clients.
 DONE = "__done__"
+# Internal event carrying a run's outcome (`announce_end`); published last, never sent to clients.
+RESULT_EVENT = "__result__"
 
 
 class Broker(ABC):
@@ -118,6 +123,15 @@ class Broker(ABC):
         followers. Implementations may send both at once."""
         await self.wake_workers(at)
         await self.notify_thread(thread_id, run_id, "created")
+
+    async def announce_end(
+        self, run_id: str, thread_id: str, status: str, *, values: Any = None, error: Any = None
+    ) -> None:
+        """After a run's end is recorded: publish its outcome (RESULT_EVENT, for /wait and
+        /join), close its event log, tell the thread's followers."""
+        await self.publish(run_id, RESULT_EVENT, dumps({"status": status, "values": values, "error": error}))
+        await self.finish_stream(run_id)
+        await self.notify_thread(thread_id, run_id, "done")
 
     @abstractmethod
     async def wait_for_wake(self, timeout: float) -> bool:
