@@ -124,7 +124,8 @@ def _main(args: argparse.Namespace) -> None:
         return
 
     from agentserver.config import ConfigError, apply_env, check_supported, ignored_keys, load_config
-    from agentserver.graphs import GraphLoadError, GraphRegistry
+    from agentserver.errors import GraphLoadError
+    from agentserver.graphs import GraphRegistry
     from agentserver.runtime import StartupError
     from agentserver.settings import Settings, SettingsError, default_langsmith_tracing, ignored_env
 
@@ -414,7 +415,7 @@ def _migrate(settings) -> None:
         raise SystemExit("agentserver: POSTGRES_URI_CUSTOM (or DATABASE_URI / POSTGRES_URI) must be set")
     from agentserver.errors import Unavailable
     from agentserver.runtime import StartupError, redact_uri
-    from agentserver.storage.migrate import migrate
+    from agentserver.storage.postgres import migrate
 
     try:
         applied = asyncio.run(migrate(settings.postgres_uri))

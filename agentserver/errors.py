@@ -1,4 +1,5 @@
-"""Domain errors. Services and storage raise these; the HTTP layer maps them to status codes."""
+"""Domain errors. Services and storage raise these; the HTTP layer maps them to status codes
+(`AgentServerError` subclasses). `GraphLoadError` is raised by graph loading and builds."""
 
 from __future__ import annotations
 
@@ -31,3 +32,15 @@ class Unavailable(AgentServerError):
     """A backing service (database, broker) is unreachable right now. Retry later."""
 
     status_code = 503
+
+
+class GraphLoadError(RuntimeError):
+    """A graph could not be imported or built (`agentserver.graphs`). The message names the
+    graph, its source and the error; the original exception is chained as `__cause__`. Not an
+    HTTP error by itself: a run reports it as its `error` (see `agentserver.wire.error_payload`),
+    a state read or update as a 422."""
+
+    def __init__(self, graph_id: str, source: str, message: str) -> None:
+        super().__init__(f"Failed to load graph '{graph_id}' from {source}: {message}")
+        self.graph_id = graph_id
+        self.source = source

@@ -1,4 +1,5 @@
-"""The project's graphs: loaded from langgraph.json, built per run, and described for the API.
+"""The project's graphs: loaded from langgraph.json, built per run (with the context a run
+passes them: `context_for`), and described for the API.
 
 A graph spec is `./path/to/file.py:attr` (relative to the config's folder) or
 `package.module:attr`. The attribute may be:
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -36,7 +38,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 from uuid import UUID, uuid5
 
 from langchain_core.runnables import RunnableConfig
@@ -44,12 +46,13 @@ from langchain_core.runnables.config import var_child_runnable_config
 from langgraph.channels.base import BaseChannel
 from langgraph.graph.state import StateGraph
 from langgraph.pregel import Pregel
-from pydantic import TypeAdapter
-from typing_extensions import TypedDict
+from pydantic import BaseModel, TypeAdapter
+from typing_extensions import TypedDict, is_typeddict
 
-from agentserver.factory import INTROSPECT, AccessContext, FactoryCall, FactoryError, classify, invoke, server_runtime
 from agentserver.config import ProjectConfig
-from agentserver.errors import InvalidInput
+from agentserver.errors import GraphLoadError, InvalidInput
+from agentserver.factory import INTROSPECT, AccessContext, FactoryCall, FactoryError, classify, invoke, server_runtime
+from agentserver.wire import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +64,6 @@ _MODULE_PREFIX = "agentserver_graphs_"
 def system_assistant_id(graph_id: str) -> str:
     """The id of the assistant made at start-up for a graph (stable across restarts and servers)."""
     return str(uuid5(SYSTEM_ASSISTANT_NAMESPACE, graph_id))
-
-
-class GraphLoadError(RuntimeError):
-    """A graph could not be imported or built. The message names the graph, its source and the
-    error; the original exception is chained as `__cause__`."""
-
-    def __init__(self, graph_id: str, source: str, message: str) -> None:
-        super().__init__(f"Failed to load graph '{graph_id}' from {source}: {message}")
-        self.graph_id = graph_id
-        self.source = source
 
 
 class GraphNotFound(InvalidInput):
@@ -131,7 +124,9 @@ class GraphRegistry:
             try:
                 entry.graph = obj.compile()
             except Exception as exc:
-                raise GraphLoadError(graph_id, source, f"cannot compile the StateGraph: {_describe(exc)}") from exc
+                raise GraphLoadError(
+                    graph_id, source, f"cannot compile the StateGraph: {describe_error(exc, typed=True)}"
+                ) from exc
         elif callable(obj) and not isinstance(obj, type):
             try:
                 entry.call = classify(obj)
@@ -213,7 +208,9 @@ class GraphRegistry:
         except GraphLoadError:
             raise
         except Exception as exc:
-            raise GraphLoadError(entry.graph_id, entry.source, f"the factory failed: {_describe(exc)}") from exc
+            raise GraphLoadError(
+                entry.graph_id, entry.source, f"the factory failed: {describe_error(exc, typed=True)}"
+            ) from exc
         finally:
             var_child_runnable_config.reset(token)
         return await self._coerce(entry, result)
@@ -226,7 +223,7 @@ class GraphRegistry:
                 return await asyncio.to_thread(result.compile)
             except Exception as exc:
                 raise GraphLoadError(
-                    entry.graph_id, entry.source, f"cannot compile the factory's StateGraph: {_describe(exc)}"
+                    entry.graph_id, entry.source, f"cannot compile the factory's StateGraph: {describe_error(exc, typed=True)}"
                 ) from exc
         raise GraphLoadError(
             entry.graph_id,
@@ -283,13 +280,13 @@ def _import_spec(graph_id: str, spec: str, base_dir: Path) -> tuple[Any, str]:
         try:
             module = _import_file(path, base_dir)
         except Exception as exc:
-            raise GraphLoadError(graph_id, source, _describe(exc)) from exc
+            raise GraphLoadError(graph_id, source, describe_error(exc, typed=True)) from exc
     else:
         source = f"module {module_ref}"
         try:
             module = importlib.import_module(module_ref)
         except Exception as exc:
-            raise GraphLoadError(graph_id, source, _describe(exc)) from exc
+            raise GraphLoadError(graph_id, source, describe_error(exc, typed=True)) from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -408,9 +405,43 @@ def _warn_own_persistence(graph_id: str, graph: Pregel) -> None:
         )
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+# ---------------------------------------------------------------------- run context
+
+
+def context_for(graph: Any, context: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The context a run of ``graph`` gets: ``context`` (an empty mapping when there is none,
+    so LangGraph builds the defaults of the graph's ``context_schema``), without the keys that
+    schema does not declare (a dataclass or model would refuse them)."""
+    given = dict(context or {})
+    declared = _declared_fields(getattr(graph, "context_schema", None))
+    if declared is None or given.keys() <= declared:
+        return given
+    return {k: v for k, v in given.items() if k in declared}
+
+
+def coerce_context(graph: Any, context: Mapping[str, Any] | None) -> Any:
+    """``context_for(graph, context)`` as an instance of the graph's ``context_schema`` when
+    that is a dataclass or a pydantic model (as LangGraph builds it for a run)."""
+    given = context_for(graph, context)
+    schema = getattr(graph, "context_schema", None)
+    if isinstance(schema, type) and (dataclasses.is_dataclass(schema) or issubclass(schema, BaseModel)):
+        return schema(**given)
+    return given
+
+
+def _declared_fields(schema: Any) -> frozenset[str] | None:
+    """The field names of a context schema, or None when they cannot be known."""
+    if not isinstance(schema, type):
+        return None
+    if dataclasses.is_dataclass(schema):
+        return frozenset(f.name for f in dataclasses.fields(schema) if f.init)
+    if issubclass(schema, BaseModel):
+        names = set(schema.model_fields)
+        names.update(f.alias for f in schema.model_fields.values() if f.alias)
+        return frozenset(names)
+    if is_typeddict(schema):
+        return frozenset(getattr(schema, "__annotations__", {}))
+    return None
 
 
 # ---------------------------------------------------------------------- introspection helpers
@@ -437,7 +468,7 @@ def _try(graph_id: str, what: str, fn: Callable[[], Any] | None) -> Any:
     try:
         return fn()
     except Exception as exc:  # noqa: BLE001 - a schema we cannot draw is reported as None
-        logger.info("graph '%s': no %s schema: %s", graph_id, what, _describe(exc))
+        logger.info("graph '%s': no %s schema: %s", graph_id, what, describe_error(exc, typed=True))
         return None
 
 
@@ -478,9 +509,10 @@ def _state_channels(graph: Pregel) -> Iterable[str]:
 
 
 __all__ = [
-    "GraphLoadError",
     "GraphNotFound",
     "GraphRegistry",
     "SYSTEM_ASSISTANT_NAMESPACE",
+    "coerce_context",
+    "context_for",
     "system_assistant_id",
 ]

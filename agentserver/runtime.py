@@ -1,5 +1,10 @@
 """The composition root: build storage, broker, graphs, services and (optionally) a worker for
-one process of one shape. Nothing else wires components together."""
+one process of one shape. Nothing else wires components together.
+
+Dependencies point one way: the HTTP API uses the services; the services and the worker (with
+the executor) both use the ports (storage, broker) and the graphs, never each other. Only this
+module knows all of them. The storage and broker backends are imported by the builder of their
+shape, so a process loads only its own (redis and psycopg only in the scaled shape)."""
 
 from __future__ import annotations
 
@@ -7,17 +12,19 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import structlog
 
 from agentserver.broker.base import Broker
+from agentserver.errors import Unavailable
 from agentserver.graphs import GraphRegistry
+from agentserver.services.assistants import AssistantService
+from agentserver.services.runs import RunService
+from agentserver.services.threads import ThreadService
 from agentserver.settings import Settings
 from agentserver.storage.base import Storage
-
-if TYPE_CHECKING:
-    from agentserver.worker import Worker
+from agentserver.worker import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -63,8 +70,8 @@ class Runtime:
     broker: Broker
     graphs: GraphRegistry
     run_jobs: bool = True  # does this process execute runs?
-    services: "Services" = field(init=False)
-    worker: "Worker | None" = field(init=False, default=None)
+    services: Services = field(init=False)
+    worker: Worker | None = field(init=False, default=None)
     _background: list[asyncio.Task] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -90,9 +97,7 @@ class Runtime:
             pool_log.removeFilter(errors)
         await self.services.assistants.ensure_system_assistants()
         if self.run_jobs:
-            from agentserver.worker import Worker
-
-            self.worker = Worker(self)
+            self.worker = Worker(self.storage, self.broker, self.graphs, self.settings)
             await self.worker.start()
         self._background.append(asyncio.create_task(self.services.threads.ttl_sweeper()))
 
@@ -106,8 +111,6 @@ class Runtime:
     async def _when_available(self, what: str, setup, errors: _ConnectErrors) -> None:
         """Start-up waits up to STARTUP_WAIT_SECS for a backing service that is not up yet
         (e.g. Postgres or Redis starting at the same time as the server); one warning says so."""
-        from agentserver.errors import Unavailable
-
         wait = self.settings.startup_wait_secs
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -148,18 +151,14 @@ class Services:
     """The service layer of a runtime, built once."""
 
     def __init__(self, rt: Runtime) -> None:
-        from agentserver.services.assistants import AssistantService
-        from agentserver.services.runs import RunService
-        from agentserver.services.threads import ThreadService
-
         self.assistants = AssistantService(rt.storage, rt.graphs)
         self.threads = ThreadService(rt.storage, rt.graphs, rt.broker, rt.settings)
-        self.runs = RunService(rt)
+        self.runs = RunService(rt.storage, rt.broker, rt.settings, self.assistants)
 
 
 def build_embedded(settings: Settings, graphs: GraphRegistry, data_dir: str | Path) -> Runtime:
     from agentserver.broker.memory import MemoryBroker
-    from agentserver.storage.embedded import EmbeddedStorage
+    from agentserver.storage.sqlite import EmbeddedStorage
 
     return Runtime(
         settings=settings,

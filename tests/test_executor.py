@@ -16,18 +16,13 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Command, Send, interrupt
+from langgraph.types import interrupt
 
 from agentserver.errors import InvalidInput
-from agentserver.executor import (
-    RunInput,
-    build_command,
-    error_payload,
-    final_state,
-    interrupt_dict,
-    stream_run,
-)
+from agentserver.executor import final_state, stream_run
+from agentserver.run_spec import RunSpec
 from agentserver.utils import dumps, loads
+from agentserver.wire import error_payload
 
 TASK_NS = re.compile(r"child:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -42,7 +37,7 @@ def config(thread_id: str | None = None, **extra: Any) -> dict:
 
 async def collect(graph, **kwargs: Any) -> list[tuple[str, Any]]:
     """Run and return the events as they go on the wire (through dumps/loads)."""
-    run = RunInput(**kwargs)
+    run = RunSpec(**kwargs)
     return [(name, loads(dumps(payload))) async for name, payload in stream_run(graph, run)]
 
 
@@ -119,8 +114,8 @@ async def test_values_mode():
 
 
 async def test_default_stream_mode_is_values():
-    run = RunInput(input={"items": []}, config=config())
-    assert run.stream_mode == ["values"]
+    run = RunSpec(input={"items": []}, config=config())
+    assert run.stream_mode == ("values",)
     events = [name async for name, _ in stream_run(linear_graph(), run)]
     assert events == ["values", "values", "values"]
 
@@ -145,7 +140,7 @@ async def test_custom_mode_forwards_objects_without_copying():
         return {"items": ["done"]}
 
     graph = StateGraph(S).add_node("n", node).add_edge(START, "n").compile(checkpointer=InMemorySaver())
-    run = RunInput(input={"items": []}, config=config(), stream_mode=["custom"])
+    run = RunSpec(input={"items": []}, config=config(), stream_mode=["custom"])
     got = [(name, payload) async for name, payload in stream_run(graph, run)]
     assert [name for name, _ in got] == ["custom"] * 100
     # the very objects the node wrote: no per-event copies or wrappers
@@ -310,7 +305,7 @@ async def test_subgraph_events_are_namespaced():
         input={"log": []},
         config=cfg,
         stream_mode=["updates", "custom"],
-        stream_subgraphs=True,
+        subgraphs=True,
     )
     values, interrupts, has_next = await final_state(graph, cfg)
     (task_id,) = interrupts
@@ -351,7 +346,7 @@ async def test_subgraph_messages_tuple_namespace():
         input={"messages": [("user", "hi")]},
         config=config(),
         stream_mode=["messages-tuple"],
-        stream_subgraphs=True,
+        subgraphs=True,
     )
     names = [name for name, _ in events]
     assert len(names) == 3 and len(set(names)) == 1
@@ -400,7 +395,7 @@ async def test_interrupt_reaches_clients_that_asked_for_neither_values_nor_updat
 async def test_interrupt_fallback_is_namespaced_for_subgraphs():
     graph = nested_graph(ask=True)
     cfg = config()
-    events = await collect(graph, input={"log": []}, config=cfg, stream_mode=["custom"], stream_subgraphs=True)
+    events = await collect(graph, input={"log": []}, config=cfg, stream_mode=["custom"], subgraphs=True)
     _, interrupts, _ = await final_state(graph, cfg)
     (task_id,) = interrupts
     ns = f"child:{task_id}"
@@ -434,15 +429,6 @@ async def test_interrupt_before_and_after():
     events = await collect(graph, input={"items": []}, config=cfg, interrupt_after="*")
     assert events == [("values", {"items": []}), ("values", {"items": ["a"]})]
     assert await final_state(graph, cfg) == ({"items": ["a"]}, {}, True)
-
-
-async def test_interrupt_dict():
-    from langgraph.types import Interrupt
-
-    assert interrupt_dict(Interrupt(value={"q": 1}, id="abc")) == {"value": {"q": 1}, "id": "abc"}
-    with_schema = Interrupt(value=1, id="x", response_schema={"type": "integer"})
-    assert interrupt_dict(with_schema) == {"value": 1, "id": "x", "response_schema": {"type": "integer"}}
-    assert interrupt_dict({"value": 1, "id": "x"}) == {"value": 1, "id": "x"}
 
 
 # --------------------------------------------------------------------------- commands
@@ -505,28 +491,6 @@ async def test_command_update_and_goto():
 async def test_empty_command_falls_back_to_input():
     events = await collect(linear_graph(), input={"items": []}, command={}, config=config(), stream_mode=["updates"])
     assert [name for name, _ in events] == ["updates", "updates"]
-
-
-def test_build_command():
-    cmd = build_command({"resume": 1})
-    assert cmd == Command(resume=1)
-    cmd = build_command({"update": {"k": 1}, "goto": ["a", {"node": "b", "input": {"x": 1}}]})
-    assert cmd.update == {"k": 1}
-    assert cmd.goto == ["a", Send("b", {"x": 1})]
-    assert build_command({"update": [["k", 1], ("j", 2)]}).update == [("k", 1), ("j", 2)]
-    assert build_command({"goto": "a"}).goto == ["a"]
-    assert build_command({}).goto == ()
-    for bad in (
-        {"goto": 3},
-        {"goto": [{"input": 1}]},
-        {"update": [["k"]]},
-        {"update": "nope"},
-        {"update": [[1, 2]]},
-    ):
-        with pytest.raises(InvalidInput):
-            build_command(bad)
-    with pytest.raises(InvalidInput):
-        build_command(["resume"])  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- durability, forks, context
@@ -678,7 +642,7 @@ async def test_events_mode_skips_hidden_runs_and_keeps_interrupts():
 async def test_events_mode_with_subgraphs():
     graph = nested_graph(ask=False)
     events = await collect(
-        graph, input={"log": []}, config=config(), stream_mode=["events", "updates"], stream_subgraphs=True
+        graph, input={"log": []}, config=config(), stream_mode=["events", "updates"], subgraphs=True
     )
     names = [name for name, _ in events if name != "events"]
     assert names[0] == "updates"
@@ -694,7 +658,7 @@ async def test_errors_propagate_after_earlier_events():
     graph = linear_graph(fail=True)
     seen = []
     with pytest.raises(ValueError, match="boom in b") as info:
-        async for name, payload in stream_run(graph, RunInput(input={"items": []}, config=config())):
+        async for name, payload in stream_run(graph, RunSpec(input={"items": []}, config=config())):
             seen.append((name, loads(dumps(payload))))
     assert seen == [("values", {"items": []}), ("values", {"items": ["a"]})]
     assert error_payload(info.value) == {"error": "ValueError", "message": "boom in b"}
@@ -708,14 +672,6 @@ async def test_errors_propagate_in_events_mode():
 async def test_invalid_command_raises_before_running():
     with pytest.raises(InvalidInput):
         await collect(linear_graph(), command={"goto": 7}, config=config())
-
-
-def test_error_payload():
-    class CustomError(Exception):
-        pass
-
-    assert error_payload(CustomError("bad thing")) == {"error": "CustomError", "message": "bad thing"}
-    assert error_payload(asyncio.CancelledError()) == {"error": "CancelledError", "message": ""}
 
 
 @pytest.mark.parametrize("modes", [["values"], ["events"]])
@@ -736,7 +692,7 @@ async def test_cancelling_the_consumer_cancels_the_graph(modes):
     received = []
 
     async def consume():
-        async for event in stream_run(graph, RunInput(input={"items": []}, config=config(), stream_mode=modes)):
+        async for event in stream_run(graph, RunSpec(input={"items": []}, config=config(), stream_mode=modes)):
             received.append(event)
 
     task = asyncio.create_task(consume())
@@ -760,41 +716,7 @@ async def test_closing_the_generator_early_closes_the_graph_stream():
 
     graph = StateGraph(S).add_node("a", a).add_node("b", b).add_edge(START, "a").add_edge("a", "b")
     graph = graph.compile(checkpointer=InMemorySaver())
-    gen = stream_run(graph, RunInput(input={"items": []}, config=config(), stream_mode=["updates"]))
+    gen = stream_run(graph, RunSpec(input={"items": []}, config=config(), stream_mode=["updates"]))
     assert await anext(gen) == ("updates", {"a": {"items": ["a"]}})
     await gen.aclose()
     assert finished == []
-
-
-# --------------------------------------------------------------------------- RunInput
-
-
-def test_run_input_from_kwargs():
-    run = RunInput.from_kwargs(
-        {
-            "input": {"x": 1},
-            "command": None,
-            "config": {"configurable": {"thread_id": "t"}},
-            "context": {"c": 1},
-            "stream_mode": "updates",
-            "subgraphs": True,
-            "interrupt_before": "*",
-            "interrupt_after": ["n"],
-            "durability": "exit",
-            "webhook": None,
-            "temporary": False,
-        }
-    )
-    assert run == RunInput(
-        input={"x": 1},
-        command=None,
-        config={"configurable": {"thread_id": "t"}},
-        context={"c": 1},
-        stream_mode=["updates"],
-        stream_subgraphs=True,
-        interrupt_before="*",
-        interrupt_after=["n"],
-        durability="exit",
-    )
-    defaults = RunInput.from_kwargs({})
-    assert defaults.stream_mode == ["values"] and defaults.durability == "async" and defaults.config == {}

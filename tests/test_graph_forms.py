@@ -195,7 +195,8 @@ def server_logs(server) -> list[Path]:
 
 
 def test_factory_signatures_the_server_cannot_call_fail_at_load():
-    from agentserver.graphs import GraphLoadError, GraphRegistry
+    from agentserver.errors import GraphLoadError
+    from agentserver.graphs import GraphRegistry
 
     def three(config, runtime, extra):
         raise AssertionError("never called")

@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 from agentserver.config import apply_env, load_config
-from agentserver.errors import InvalidInput
-from agentserver.graphs import GraphLoadError, GraphNotFound, GraphRegistry, system_assistant_id
+from agentserver.errors import GraphLoadError, InvalidInput
+from agentserver.graphs import GraphNotFound, GraphRegistry, system_assistant_id
 
 GRAPHS_DIR = Path(__file__).parent / "graphs"
 # Every graph declared in the test project, in declaration order.

@@ -47,7 +47,7 @@ def page(
 
 
 # ---- OpenAPI descriptions shared by the route modules --------------------------------------
-def error_doc(status: int, description: str) -> dict[int, dict[str, Any]]:
+def error_doc(status: int, description: str) -> dict[int | str, dict[str, Any]]:
     """An error response in the spec: a JSON body `{"detail": ...}`."""
     return {
         status: {

@@ -15,9 +15,10 @@ from agentserver.api.deps import services
 from agentserver.api.responses import JSON, error_doc, public
 from agentserver.api.schemas.runs import RunCancelMany, RunCreate, StreamMode
 from agentserver.api.sse import HEARTBEAT, frame, frame_json, keepalive_json, sse_response
-from agentserver.broker.memory import parse_after
+from agentserver.broker.common import parse_after
 from agentserver.errors import Conflict, InvalidInput, NotFound
-from agentserver.services.runs import THREAD_REPLAY_ALL, CreatedRun, RunService
+from agentserver.run_spec import RunSpec
+from agentserver.services.runs import THREAD_REPLAY_ALL, CreatedRun, RunRequest, RunService
 
 log = structlog.get_logger(__name__)
 
@@ -94,9 +95,38 @@ def _metadata_frame(run: dict, event_id: str | None) -> bytes:
     return frame_json("metadata", {"run_id": run["run_id"], "attempt": max(1, run.get("attempt") or 1)}, event_id)
 
 
+def run_request(body: RunCreate) -> RunRequest:
+    """The service's request for a run body: `checkpoint` (or `checkpoint_id`) gives the fork
+    point, the legacy `checkpoint_during=true` means `durability="sync"`."""
+    checkpoint = body.checkpoint
+    return RunRequest(
+        assistant_id=body.assistant_id,
+        input=body.input,
+        command=body.command.model_dump() if body.command is not None else None,
+        checkpoint_id=body.checkpoint_id or (checkpoint.checkpoint_id if checkpoint else None),
+        checkpoint_ns=(checkpoint.checkpoint_ns or None) if checkpoint else None,
+        metadata=body.metadata,
+        config=body.config,
+        context=body.context,
+        stream_mode=tuple(body.stream_mode),
+        stream_subgraphs=body.stream_subgraphs,
+        stream_resumable=body.stream_resumable,
+        interrupt_before=body.interrupt_before,
+        interrupt_after=body.interrupt_after,
+        webhook=body.webhook,
+        feedback_keys=body.feedback_keys,
+        on_disconnect=body.on_disconnect,
+        on_completion=body.on_completion,
+        multitask_strategy=body.multitask_strategy,
+        if_not_exists=body.if_not_exists,
+        after_seconds=body.after_seconds,
+        durability=body.durability or ("sync" if body.checkpoint_during else None),
+    )
+
+
 async def _create(request: Request, thread_id: str | None, body: RunCreate) -> tuple[RunService, CreatedRun]:
     svc = services(request).runs
-    return svc, await svc.create(thread_id, body)
+    return svc, await svc.create(thread_id, run_request(body))
 
 
 def _run_events(
@@ -273,7 +303,7 @@ def _join_events(
 ) -> AsyncIterator[bytes]:
     """A joined run's stream. Resumable runs replay after `Last-Event-ID`; `-1` replays the
     whole run, starting with its `metadata` frame (id `0`, as in the stream that created it)."""
-    resumable = bool(run["kwargs"].get("resumable"))
+    resumable = RunSpec.from_json(run["kwargs"]).resumable
     after = ((last_event_id or "").strip() or None) if resumable else None
     if after is not None:
         try:
@@ -363,7 +393,7 @@ async def batch_stateless(request: Request, body: Annotated[list[RunCreate], Bod
     svc = services(request).runs
     out = []
     for item in body:
-        created = await svc.create(None, item)
+        created = await svc.create(None, run_request(item))
         out.append(public(created.run))
     return JSON(out)
 

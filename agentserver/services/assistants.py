@@ -15,8 +15,8 @@ import copy
 import uuid
 from typing import Any
 
-from agentserver.errors import BadRequest, InvalidInput, NotFound
-from agentserver.graphs import GraphLoadError, GraphRegistry
+from agentserver.errors import BadRequest, GraphLoadError, InvalidInput, NotFound
+from agentserver.graphs import GraphRegistry
 from agentserver.storage.base import AssistantQuery, Record, Storage
 
 DEFAULT_NAME = "Untitled"

@@ -8,25 +8,25 @@ broker (the run's event log, control signals, wake-ups).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Any, AsyncIterator
 
 import structlog
 
 from agentserver import __version__
-from agentserver.broker.base import Event
+from agentserver.broker.base import RESULT_EVENT, Broker, Event
 from agentserver.errors import Conflict, InvalidInput, NotFound
-from agentserver.storage.base import INFLIGHT, Record, RunEnd
-from agentserver.utils import dumps, loads, now, uuid7
-
-if TYPE_CHECKING:
-    from agentserver.runtime import Runtime
+from agentserver.run_spec import RunSpec
+from agentserver.services.assistants import AssistantService
+from agentserver.settings import Settings
+from agentserver.storage.base import INFLIGHT, Record, RunEnd, Storage
+from agentserver.utils import loads, now, uuid7
+from agentserver.wire import values_with_interrupts
 
 log = structlog.get_logger(__name__)
 
-# Internal event carrying a run's outcome; published last, never sent to clients.
-RESULT_EVENT = "__result__"
 # `join_thread(after=THREAD_REPLAY_ALL)`: replay the thread's latest runs still in the broker.
 THREAD_REPLAY_ALL = "-"
 # How many of a thread's newest runs a thread stream looks back over.
@@ -39,8 +39,35 @@ def _run_key(run: Record) -> tuple:
     return (run["created_at"], run["run_id"])
 
 
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """A run to create, as the client asked for it (the HTTP layer builds it from the request
+    body, resolving the wire's aliases: `checkpoint` vs `checkpoint_id`, `checkpoint_during`)."""
 
-@dataclass
+    assistant_id: str  # an assistant id, or a graph id (its system assistant)
+    input: Any = None
+    command: Mapping[str, Any] | None = None  # {"resume", "update", "goto"}
+    checkpoint_id: str | None = None  # fork from this checkpoint
+    checkpoint_ns: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    config: Mapping[str, Any] | None = None
+    context: Mapping[str, Any] | None = None
+    stream_mode: Sequence[str] = ("values",)
+    stream_subgraphs: bool = False
+    stream_resumable: bool = False
+    interrupt_before: Sequence[str] | str | None = None
+    interrupt_after: Sequence[str] | str | None = None
+    webhook: str | None = None
+    feedback_keys: Sequence[str] | None = None
+    on_disconnect: str = "continue"
+    on_completion: str | None = None  # None: "delete" for a stateless run, else "keep"
+    multitask_strategy: str = "enqueue"
+    if_not_exists: str = "reject"
+    after_seconds: float | None = None
+    durability: str | None = None  # None: "async"
+
+
+@dataclass(frozen=True, slots=True)
 class CreatedRun:
     run: Record
     thread_id: str
@@ -78,14 +105,7 @@ def wait_body(result: dict | None, thread: Record | None) -> Any:
         return None
     if thread.get("status") == "error" and thread.get("error"):
         return {"__error__": thread["error"]}
-    return with_interrupts(thread.get("values"), thread.get("interrupts"))
-
-
-def with_interrupts(values: Any, interrupts: dict | None) -> Any:
-    """A state's values as /wait shows them: pending interrupts under `__interrupt__`."""
-    if interrupts and isinstance(values, dict):
-        return {**values, "__interrupt__": [i for group in interrupts.values() for i in group]}
-    return values
+    return values_with_interrupts(thread.get("values"), thread.get("interrupts"))
 
 
 class _GoneCheck:
@@ -110,11 +130,11 @@ class _GoneCheck:
 
 
 class RunService:
-    def __init__(self, rt: "Runtime") -> None:
-        self.rt = rt
-        self.storage = rt.storage
-        self.broker = rt.broker
-        self.settings = rt.settings
+    def __init__(self, storage: Storage, broker: Broker, settings: Settings, assistants: AssistantService) -> None:
+        self.storage = storage
+        self.broker = broker
+        self.settings = settings
+        self.assistants = assistants
         self._tasks: set[asyncio.Task] = set()
 
     async def close(self) -> None:
@@ -128,23 +148,22 @@ class RunService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def delete_temporary_thread(self, thread_id: str) -> None:
+    async def _delete_temporary_thread(self, thread_id: str) -> None:
         """Stateless runs with on_completion=delete: their thread and checkpoints go at the end."""
         try:
-            await self.storage.thread_delete(thread_id)
-            await self.storage.checkpointer.adelete_thread(thread_id)
+            await self.storage.thread_purge(thread_id)
         except Exception as exc:  # noqa: BLE001 - the TTL sweeper is not involved; log and go on
             log.warning("could not delete temporary thread", thread_id=thread_id, error=repr(exc))
 
     # ---- create ----------------------------------------------------------------------------
-    async def create(self, thread_id: str | None, body, *, headers: dict | None = None) -> CreatedRun:
+    async def create(self, thread_id: str | None, request: RunRequest) -> CreatedRun:
         """Validate and store a run (pending), apply the multitask strategy, wake a worker."""
         stateless = thread_id is None
         try:
-            assistant = await self.rt.services.assistants.get(body.assistant_id)
+            assistant = await self.assistants.get(request.assistant_id)
         except NotFound:
-            raise InvalidInput(f"Assistant '{body.assistant_id}' not found") from None
-        if body.command is not None and body.input is not None:
+            raise InvalidInput(f"Assistant '{request.assistant_id}' not found") from None
+        if request.command is not None and request.input is not None:
             raise InvalidInput("Provide either input or command, not both")
         run_id = uuid7()
         if stateless:
@@ -152,9 +171,8 @@ class RunService:
         graph_id = assistant["graph_id"]
         assistant_id = assistant["assistant_id"]
 
-        config = _merge_config(assistant.get("config"), body.config)
-        context = run_context(assistant, body.context, config)
-        checkpoint_id = body.checkpoint_id or (body.checkpoint.checkpoint_id if body.checkpoint else None)
+        config = _merge_config(assistant.get("config"), request.config)
+        context = run_context(assistant, request.context, config)
         configurable = config["configurable"]
         configurable.update(
             {
@@ -165,11 +183,11 @@ class RunService:
                 "user_id": configurable.get("user_id", ""),
             }
         )
-        if checkpoint_id:
-            configurable["checkpoint_id"] = checkpoint_id
-        if body.checkpoint is not None and body.checkpoint.checkpoint_ns:
-            configurable["checkpoint_ns"] = body.checkpoint.checkpoint_ns
-        metadata = dict(body.metadata or {})
+        if request.checkpoint_id:
+            configurable["checkpoint_id"] = request.checkpoint_id
+        if request.checkpoint_ns:
+            configurable["checkpoint_ns"] = request.checkpoint_ns
+        metadata = dict(request.metadata or {})
         config["metadata"] = {
             **(config.get("metadata") or {}),
             **metadata,
@@ -179,25 +197,24 @@ class RunService:
             "assistant_id": assistant_id,
             "langgraph_api_version": __version__,
         }
-        on_completion = body.on_completion or ("delete" if stateless else "keep")
-        durability = body.durability or ("sync" if body.checkpoint_during else "async")
-        kwargs = {
-            "input": body.input,
-            "command": body.command.model_dump() if body.command is not None else None,
-            "config": config,
-            "context": context,
-            "stream_mode": body.stream_mode,
-            "interrupt_before": body.interrupt_before,
-            "interrupt_after": body.interrupt_after,
-            "webhook": body.webhook,
-            "feedback_keys": body.feedback_keys,
-            "temporary": stateless and on_completion == "delete",
-            "subgraphs": body.stream_subgraphs,
-            "resumable": body.stream_resumable,
-            "durability": durability,
-            "on_disconnect": body.on_disconnect,
-            "checkpoint_id": checkpoint_id,
-        }
+        on_completion = request.on_completion or ("delete" if stateless else "keep")
+        spec = RunSpec(
+            config=config,
+            input=request.input,
+            command=dict(request.command) if request.command is not None else None,
+            context=context,
+            stream_mode=tuple(request.stream_mode),
+            subgraphs=request.stream_subgraphs,
+            interrupt_before=request.interrupt_before,
+            interrupt_after=request.interrupt_after,
+            durability=request.durability or "async",
+            checkpoint_id=request.checkpoint_id,
+            webhook=request.webhook,
+            feedback_keys=request.feedback_keys,
+            temporary=stateless and on_completion == "delete",
+            resumable=request.stream_resumable,
+            on_disconnect=request.on_disconnect,
+        )
         created = now()
         run = {
             "run_id": run_id,
@@ -205,12 +222,12 @@ class RunService:
             "assistant_id": assistant_id,
             "metadata": metadata,
             "status": "pending",
-            "kwargs": kwargs,
-            "multitask_strategy": body.multitask_strategy,
+            "kwargs": spec.to_json(),
+            "multitask_strategy": request.multitask_strategy,
             "created_at": created,
             "updated_at": created,
             "attempt": 0,
-            "available_at": created + timedelta(seconds=body.after_seconds or 0),
+            "available_at": created + timedelta(seconds=request.after_seconds or 0),
         }
         thread = {
             "thread_id": thread_id,
@@ -224,11 +241,11 @@ class RunService:
         result = await self.storage.run_create(
             run,
             thread=thread,
-            if_not_exists="create" if stateless else body.if_not_exists,
-            multitask_strategy=body.multitask_strategy,
+            if_not_exists="create" if stateless else request.if_not_exists,
+            multitask_strategy=request.multitask_strategy,
         )
         for other in result.to_cancel:
-            await self._cancel_one(other, body.multitask_strategy)
+            await self._cancel_one(other, request.multitask_strategy)
         delayed = run["available_at"] > created
         await self.broker.run_queued(thread_id, run_id, at=run["available_at"].timestamp() if delayed else None)
         return CreatedRun(result.run, thread_id, stateless)
@@ -296,18 +313,9 @@ class RunService:
                 RunEnd(status="interrupted", thread_status=await self._resting_status(run), delete_run=action == "rollback"),
             )
             if ended:
-                await self.announce_end(run_id, run["thread_id"], "interrupted")
-                if run["kwargs"].get("temporary"):
-                    self.spawn(self.delete_temporary_thread(run["thread_id"]))
-
-    async def announce_end(
-        self, run_id: str, thread_id: str, status: str, *, values: Any = None, error: Any = None
-    ) -> None:
-        """After a run's end is recorded: publish its result for /wait and /join, close its
-        event log, tell the thread's followers."""
-        await self.broker.publish(run_id, RESULT_EVENT, dumps({"status": status, "values": values, "error": error}))
-        await self.broker.finish_stream(run_id)
-        await self.broker.notify_thread(thread_id, run_id, "done")
+                await self.broker.announce_end(run_id, run["thread_id"], "interrupted")
+                if RunSpec.from_json(run["kwargs"]).temporary:
+                    self.spawn(self._delete_temporary_thread(run["thread_id"]))
 
     async def _resting_status(self, run: Record) -> str:
         thread = await self.storage.thread_get(run["thread_id"])

@@ -20,25 +20,30 @@ import copy
 import re
 from collections import defaultdict
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Iterable, Sequence
 
 import structlog
 from langgraph._internal._constants import CONFIG_KEY_RUNTIME  # the key LangGraph reads its runtime from
 from langgraph.errors import EmptyInputError, InvalidUpdateError
 from langgraph.runtime import Runtime
-from langgraph.types import Command, PregelTask, Send, StateSnapshot, StateUpdate
+from langgraph.types import StateUpdate
 
-from agentserver.errors import AgentServerError, BadRequest, InvalidInput, NotFound
-from agentserver.executor import coerce_context
+from agentserver.broker.base import Broker
+from agentserver.errors import AgentServerError, BadRequest, GraphLoadError, InvalidInput, NotFound
 from agentserver.factory import READ, UPDATE, AccessContext
-from agentserver.graphs import GraphLoadError, GraphRegistry
+from agentserver.graphs import GraphRegistry, coerce_context
 from agentserver.services.assistants import is_uuid
+from agentserver.settings import Settings
 from agentserver.storage.base import Record, Storage, ThreadQuery
 from agentserver.utils import now, uuid7
-
-if TYPE_CHECKING:
-    from agentserver.broker.base import Broker
-    from agentserver.settings import Settings
+from agentserver.wire import (
+    checkpoint_ref,
+    command_from_json,
+    describe_error,
+    empty_state,
+    interrupts_by_task,
+    snapshot_to_dict,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -49,92 +54,6 @@ _SWEEP_BATCH = 100
 _STATE_FIELDS = (
     "values", "next", "tasks", "checkpoint", "metadata", "created_at", "parent_checkpoint", "interrupts",
 )
-
-
-# ---- wire forms of LangGraph state objects ---------------------------------------------------
-
-
-def checkpoint_of(config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """`{thread_id, checkpoint_ns, checkpoint_id[, checkpoint_map]}` of a RunnableConfig."""
-    if not config:
-        return None
-    conf = config.get("configurable") or {}
-    out = {
-        "thread_id": conf.get("thread_id"),
-        "checkpoint_ns": conf.get("checkpoint_ns", ""),
-        "checkpoint_id": conf.get("checkpoint_id"),
-    }
-    if conf.get("checkpoint_map"):
-        out["checkpoint_map"] = conf["checkpoint_map"]
-    return out
-
-
-def interrupt_to_dict(interrupt: Any) -> dict[str, Any]:
-    if isinstance(interrupt, dict):
-        return interrupt
-    out = {"value": getattr(interrupt, "value", None), "id": getattr(interrupt, "id", None)}
-    schema = getattr(interrupt, "response_schema", None)
-    if isinstance(schema, dict):
-        out["response_schema"] = schema
-    return out
-
-
-def task_to_dict(task: PregelTask) -> dict[str, Any]:
-    state = task.state
-    error = task.error
-    return {
-        "id": task.id,
-        "name": task.name,
-        "path": task.path,
-        "error": None if error is None else (error if isinstance(error, str) else repr(error)),
-        "interrupts": [interrupt_to_dict(i) for i in task.interrupts],
-        "checkpoint": dict(state.get("configurable") or {}) if isinstance(state, dict) else None,
-        "state": snapshot_to_dict(state) if isinstance(state, StateSnapshot) else None,
-        "result": task.result,
-    }
-
-
-def snapshot_to_dict(snapshot: StateSnapshot) -> dict[str, Any]:
-    """The wire form of a StateSnapshot (a thread state)."""
-    conf = (snapshot.config or {}).get("configurable") or {}
-    checkpoint = checkpoint_of(snapshot.config) if conf.get("checkpoint_id") else None
-    parent = checkpoint_of(snapshot.parent_config) if snapshot.parent_config else None
-    return {
-        "values": snapshot.values,
-        "next": list(snapshot.next),
-        "tasks": [task_to_dict(t) for t in snapshot.tasks],
-        "metadata": snapshot.metadata,
-        "created_at": snapshot.created_at,
-        "checkpoint": checkpoint,
-        "parent_checkpoint": parent,
-        "interrupts": [interrupt_to_dict(i) for i in snapshot.interrupts],
-        "checkpoint_id": checkpoint["checkpoint_id"] if checkpoint else None,
-        "parent_checkpoint_id": parent["checkpoint_id"] if parent else None,
-    }
-
-
-def interrupts_by_task(snapshot: StateSnapshot) -> dict[str, list[dict[str, Any]]]:
-    """`{task_id: [interrupt, ...]}` of the pending interrupts of a state (the thread mirror)."""
-    return {t.id: [interrupt_to_dict(i) for i in t.interrupts] for t in snapshot.tasks if t.interrupts}
-
-
-def empty_state(checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The state of a thread that has no checkpoint (yet) at the requested point."""
-    cp = None
-    if checkpoint and checkpoint.get("checkpoint_id"):
-        cp = {k: v for k, v in checkpoint.items() if v is not None}
-    return {
-        "values": {},
-        "next": [],
-        "tasks": [],
-        "metadata": None,
-        "created_at": None,
-        "checkpoint": cp,
-        "parent_checkpoint": None,
-        "interrupts": [],
-        "checkpoint_id": cp.get("checkpoint_id") if cp else None,
-        "parent_checkpoint_id": None,
-    }
 
 
 def select_state(state: dict[str, Any], select: Sequence[str] | None) -> dict[str, Any]:
@@ -192,28 +111,6 @@ def extract_path(record: Any, tokens: Iterable[str | int]) -> Any:
     return value
 
 
-# ---- state updates -----------------------------------------------------------------------------
-
-
-def _send(value: Any) -> Any:
-    if isinstance(value, dict) and "node" in value:
-        return Send(value["node"], value.get("input", value.get("arg")))
-    return value
-
-
-def to_command(command: dict[str, Any]) -> Command:
-    """A LangGraph Command from its JSON form `{update, resume, goto}`."""
-    kwargs: dict[str, Any] = {}
-    if command.get("update") is not None:
-        kwargs["update"] = command["update"]
-    if command.get("resume") is not None:
-        kwargs["resume"] = command["resume"]
-    goto = command.get("goto")
-    if goto is not None:
-        kwargs["goto"] = [_send(g) for g in goto] if isinstance(goto, list) else _send(goto)
-    return Command(**kwargs)
-
-
 _NO_GRAPH = (
     "Thread '{thread_id}' has no graph: set metadata.graph_id on the thread (or run a graph on it) "
     "before updating its state"
@@ -221,7 +118,7 @@ _NO_GRAPH = (
 
 
 class ThreadService:
-    def __init__(self, storage: Storage, graphs: GraphRegistry, broker: "Broker", settings: "Settings") -> None:
+    def __init__(self, storage: Storage, graphs: GraphRegistry, broker: Broker, settings: Settings) -> None:
         self.storage = storage
         self.graphs = graphs
         self.broker = broker
@@ -307,9 +204,7 @@ class ThreadService:
         if await self.storage.thread_get(thread_id) is None:
             return False
         await self._stop_runs(thread_id)
-        deleted = await self.storage.thread_delete(thread_id)
-        await self.storage.checkpointer.adelete_thread(thread_id)
-        return deleted
+        return await self.storage.thread_purge(thread_id)
 
     async def _stop_runs(self, thread_id: str) -> None:
         """Interrupt the thread's in-flight runs and give the running ones a moment to end, so
@@ -495,7 +390,7 @@ class ThreadService:
         except AgentServerError:
             raise
         except (InvalidUpdateError, EmptyInputError, ValueError, TypeError, KeyError) as exc:
-            raise BadRequest(_describe(exc)) from exc
+            raise BadRequest(describe_error(exc)) from exc
 
     # ---- state -----------------------------------------------------------------------------
     async def get_state(
@@ -569,7 +464,7 @@ class ThreadService:
             await self._mirror(graph, thread)
         conf = written.get("configurable") or {}
         return {
-            "checkpoint": checkpoint_of(written),
+            "checkpoint": checkpoint_ref(written),
             "configurable": {k: conf[k] for k in ("thread_id", "checkpoint_ns", "checkpoint_id") if k in conf},
             "checkpoint_id": conf.get("checkpoint_id"),
         }
@@ -581,7 +476,7 @@ class ThreadService:
         steps = [
             [
                 StateUpdate(
-                    to_command(update["command"]) if update.get("command") else update.get("values"),
+                    command_from_json(update["command"]) if update.get("command") else update.get("values"),
                     update.get("as_node"),
                 )
                 for update in step["updates"]
@@ -661,13 +556,6 @@ class ThreadService:
                     # Re-arm the TTL (or clear it if the record lost its duration).
                     await self.storage.thread_update(thread_id, ttl=ttl if ttl.get("ttl") else None)
                     swept += 1
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if isinstance(exc, KeyError) and exc.args:
-        text = f"unknown key {exc.args[0]!r}"
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---- checkpoint copies -------------------------------------------------------------------------

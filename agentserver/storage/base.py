@@ -1,6 +1,6 @@
 """The storage port: every durable record of the server goes through this interface.
 
-Two implementations: `embedded.EmbeddedStorage` (SQLite on local disk, the `dev` shape) and
+Two implementations: `sqlite.EmbeddedStorage` (SQLite on local disk, the `dev` shape) and
 `postgres.PostgresStorage` (the scaled shape). Both pass `tests/test_storage_conformance.py`.
 
 Records are plain dicts with the wire field names of WIRE.md; timestamps are timezone-aware
@@ -180,6 +180,12 @@ class Storage(ABC):
     @abstractmethod
     async def thread_delete(self, thread_id: str) -> bool:
         """Delete the thread and its runs (checkpoints are the checkpointer's)."""
+
+    async def thread_purge(self, thread_id: str) -> bool:
+        """Delete the thread, its runs and its checkpoints; True if the thread existed."""
+        deleted = await self.thread_delete(thread_id)
+        await self.checkpointer.adelete_thread(thread_id)
+        return deleted
 
     @abstractmethod
     async def thread_search(self, query: ThreadQuery) -> tuple[list[Record], int]: ...

@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from agentserver import metrics
-from agentserver.errors import Unavailable
-from agentserver.graphs import GraphLoadError
+from agentserver.errors import GraphLoadError, Unavailable
+from agentserver.run_spec import RunSpec
 from agentserver.storage.base import Claimed, RunEnd
 from agentserver.storage.errors import is_backend_unavailable
+from agentserver.storage.rules import retries_exhausted_error
 from agentserver.utils import dumps
+from agentserver.wire import error_payload, values_with_interrupts
+from agentserver.worker.execution import execute, read_final_state
 from agentserver.worker.webhook import send_webhook
 
 if TYPE_CHECKING:
@@ -27,8 +30,8 @@ RECANCEL_SECS = 0.5
 class Job:
     def __init__(self, worker: "Worker", claimed: Claimed) -> None:
         self.worker = worker
-        self.rt = worker.rt
         self.run_record = claimed.run
+        self.spec = RunSpec.from_json(claimed.run.get("kwargs"))
         self.run_id: str = claimed.run["run_id"]
         self.thread_id: str = claimed.run["thread_id"]
         self.lease_id = claimed.lease_id
@@ -58,14 +61,14 @@ class Job:
             await self._run()
 
     async def _run(self) -> None:
-        rt = self.rt
+        broker = self.worker.broker
         log_ = log.bind(run_id=self.run_id, thread_id=self.thread_id, attempt=self.attempt)
         unwatch = None
         outcome: tuple[str, Any] = ("success", None)
         try:
             # a cancel sent before the claim is delivered at once by watch_control
-            unwatch = await rt.broker.watch_control(self.run_id, self._on_control)
-            await rt.broker.notify_thread(self.thread_id, self.run_id, "started")
+            unwatch = await broker.watch_control(self.run_id, self._on_control)
+            await broker.notify_thread(self.thread_id, self.run_id, "started")
             if self.abort_reason is None:
                 self.exec_task = self._start_execution()
                 if await self._supervise():
@@ -127,31 +130,30 @@ class Job:
             await asyncio.wait({task}, timeout=RECANCEL_SECS)
 
     def _start_execution(self) -> asyncio.Future:
-        from agentserver.worker.execution import execute
-
-        loops = self.worker.loops
-        if loops is None:
-            return asyncio.ensure_future(execute(self.rt, self.run_record, self.attempt, self.rt.broker.publish))
-        return loops.submit(self.rt, self.run_record, self.attempt)
+        worker = self.worker
+        if worker.loops is not None:
+            return worker.loops.submit(self.run_record, self.spec, self.attempt)
+        storage = worker.storage
+        return asyncio.ensure_future(
+            execute(
+                worker.graphs, self.run_record, self.spec, self.attempt, worker.broker.publish,
+                checkpointer=storage.checkpointer, store=storage.store,
+            )
+        )
 
     async def _final_state(self, log_) -> tuple[Any, dict | None, bool]:
         """The thread's state after the run, read through its graph. When the graph cannot be
         built (a factory that raises: the run never started), the thread's state is left as it
         is; Postgres or Redis unreachable propagates (the run's lease runs out and it is retried)."""
-        from agentserver.worker.execution import read_final_state
-
         try:
-            return await read_final_state(self.rt, self.run_record)
+            return await read_final_state(self.worker.graphs, self.worker.storage, self.spec)
         except GraphLoadError as exc:
             log_.debug("thread state left as is: the graph cannot be built", error=str(exc))
             return None, None, False
 
     async def _end(self, outcome: tuple[str, Any], log_) -> None:
-        from agentserver.services.runs import with_interrupts
-        from agentserver.worker.execution import error_payload
-
-        rt = self.rt
-        storage, broker = rt.storage, rt.broker
+        worker = self.worker
+        storage, broker = worker.storage, worker.broker
         kind, exc = outcome
         reason = self.abort_reason
         if reason == "lost_lease":
@@ -162,7 +164,7 @@ class Job:
         retriable = reason == "shutdown" or (
             kind == "error" and (isinstance(exc, Unavailable) or is_backend_unavailable(exc))
         )
-        if retriable and self.attempt < self.worker.max_attempts:
+        if retriable and self.attempt < worker.max_attempts:
             log_.info("requeueing run", reason=reason or repr(exc))
             delay = 0.0 if reason == "shutdown" else 0.5
             await storage.run_requeue(self.run_id, self.lease_id, delay_secs=delay)
@@ -185,9 +187,11 @@ class Job:
             )
         elif kind == "timeout" or kind == "error" or retriable:
             if kind == "timeout":
-                error = {"error": "TimeoutError", "message": f"Run timed out after {self.worker.settings.bg_job_timeout_secs:g}s"}
-            else:
-                error = error_payload(exc) if exc is not None else {"error": "RetriesExhausted", "message": "Run was interrupted too many times"}
+                error = {"error": "TimeoutError", "message": f"Run timed out after {worker.settings.bg_job_timeout_secs:g}s"}
+            elif exc is not None:
+                error = error_payload(exc)
+            else:  # shut down once too often
+                error = retries_exhausted_error(self.run_id, self.attempt, worker.max_attempts)
             log_.error("run failed", error_type=error["error"], error=error["message"])
             if exc is not None:
                 log_.debug("run failed: traceback", exc_info=exc)
@@ -211,14 +215,12 @@ class Job:
             return
         log_.info("run ended", status=end.status)
         metrics.RUNS_ENDED.labels(end.status).inc()
-        result_values = with_interrupts(values, interrupts)
-        await rt.services.runs.announce_end(
-            self.run_id, self.thread_id, end.status, values=result_values, error=error
-        )
-        kwargs = self.run_record["kwargs"]
-        if kwargs.get("temporary"):
-            await rt.services.runs.delete_temporary_thread(self.thread_id)
-        if kwargs.get("webhook"):
-            rt.services.runs.spawn(
-                send_webhook(rt.settings, kwargs["webhook"], self.run_record, end, result_values)
-            )
+        result_values = values_with_interrupts(values, interrupts)
+        await broker.announce_end(self.run_id, self.thread_id, end.status, values=result_values, error=error)
+        if self.spec.temporary:
+            try:
+                await storage.thread_purge(self.thread_id)
+            except Exception as purge_error:  # noqa: BLE001 - the TTL sweeper is not involved; log, go on
+                log_.warning("could not delete temporary thread", error=repr(purge_error))
+        if self.spec.webhook:
+            worker.spawn(send_webhook(worker.settings, self.run_record, self.spec, end, result_values))

@@ -6,14 +6,16 @@ job loop has its own checkpointer resources (`Storage.open_loop_resources`)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-if TYPE_CHECKING:
-    from agentserver.runtime import Runtime
+from agentserver.broker.base import Broker
+from agentserver.graphs import GraphRegistry
+from agentserver.run_spec import RunSpec
+from agentserver.storage.base import Record, Storage
+from agentserver.worker.execution import execute
 
 log = structlog.get_logger(__name__)
 
@@ -35,16 +37,16 @@ class JobLoop:
 
 
 class LoopPool:
-    def __init__(self, rt: "Runtime", size: int) -> None:
-        self.rt = rt
+    def __init__(self, storage: Storage, broker: Broker, graphs: GraphRegistry, size: int, *, pool_max_size: int) -> None:
+        self.storage, self.broker, self.graphs = storage, broker, graphs
+        self.pool_max_size = pool_max_size  # database connections shared by the job loops
         self.loops = [JobLoop(i) for i in range(size)]
-        self._rr = itertools.cycle(self.loops)
 
     async def start(self) -> None:
-        pool_size = max(1, self.rt.settings.postgres_pool_max_size // max(1, len(self.loops)))
+        pool_size = max(1, self.pool_max_size // max(1, len(self.loops)))
         for jl in self.loops:
             jl.thread.start()
-            jl.resources = await jl.call(self.rt.storage.open_loop_resources(pool_size))
+            jl.resources = await jl.call(self.storage.open_loop_resources(pool_size))
 
     async def stop(self) -> None:
         for jl in self.loops:
@@ -60,20 +62,18 @@ class LoopPool:
     def _pick(self) -> JobLoop:
         return min(self.loops, key=lambda jl: jl.busy)
 
-    def submit(self, rt: "Runtime", run: dict, attempt: int) -> asyncio.Future:
-        from agentserver.worker.execution import execute
-
+    def submit(self, run: Record, spec: RunSpec, attempt: int) -> asyncio.Future:
         jl = self._pick()
         jl.busy += 1
         main = asyncio.get_running_loop()
-        broker = rt.broker
+        broker = self.broker
 
         async def publish(run_id: str, event: str, data: bytes) -> None:
             # hop to the main loop, where the broker's connections live; wait for it (backpressure)
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(broker.publish(run_id, event, data), main))
 
         checkpointer, store, _ = jl.resources
-        fut = jl.call(execute(rt, run, attempt, publish, checkpointer=checkpointer, store=store))
+        fut = jl.call(execute(self.graphs, run, spec, attempt, publish, checkpointer=checkpointer, store=store))
 
         def _done(_f: asyncio.Future) -> None:
             jl.busy -= 1

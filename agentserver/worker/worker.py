@@ -12,26 +12,31 @@ import asyncio
 import os
 import socket
 from datetime import datetime
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
 
 import structlog
 
 from agentserver import metrics
-from agentserver.storage.base import Claimed
-from agentserver.utils import now, uuid7
+from agentserver.broker.base import Broker
+from agentserver.graphs import GraphRegistry
+from agentserver.settings import Settings
+from agentserver.storage.base import Claimed, Record, Storage
+from agentserver.storage.rules import retries_exhausted_error
+from agentserver.utils import dumps, now, uuid7
 from agentserver.worker.job import Job
 from agentserver.worker.loops import LoopPool
-
-if TYPE_CHECKING:
-    from agentserver.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
 
 class Worker:
-    def __init__(self, rt: "Runtime") -> None:
-        self.rt = rt
-        self.settings = rt.settings
+    """Executes runs from `storage`'s queue with `graphs`, publishing through `broker`."""
+
+    def __init__(self, storage: Storage, broker: Broker, graphs: GraphRegistry, settings: Settings) -> None:
+        self.storage = storage
+        self.broker = broker
+        self.graphs = graphs
+        self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid7()[-8:]}"
         self.slots = self.settings.n_jobs_per_worker
         self.jobs: dict[str, Job] = {}  # lease_id -> job
@@ -41,6 +46,7 @@ class Worker:
         self._stop_task: asyncio.Task | None = None
         self.interrupted_on_stop = 0  # runs the shutdown cut off and put back in the queue
         self._tasks: list[asyncio.Task] = []
+        self._chores: set[asyncio.Task] = set()  # webhooks in flight
         self.loops: LoopPool | None = None
 
     @property
@@ -49,7 +55,9 @@ class Worker:
 
     async def start(self) -> None:
         if self.settings.bg_job_isolated_loops:
-            self.loops = LoopPool(self.rt, self.slots)
+            self.loops = LoopPool(
+                self.storage, self.broker, self.graphs, self.slots, pool_max_size=self.settings.postgres_pool_max_size
+            )
             await self.loops.start()
         metrics.JOB_SLOTS.set(self.slots)
         self._tasks = [
@@ -62,6 +70,12 @@ class Worker:
 
     def kick(self) -> None:
         self._kick.set()
+
+    def spawn(self, coro: Coroutine) -> None:
+        """Run a background chore of a finished run (its webhook); cancelled by `stop`."""
+        task = asyncio.create_task(coro)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     def begin_stop(self) -> asyncio.Task:
         """Start the shutdown (stop claiming, drain) without waiting for it; idempotent."""
@@ -120,10 +134,13 @@ class Worker:
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
         if self.loops is not None:
             await self.loops.stop()
+        for task in list(self._chores):
+            task.cancel()
+        await asyncio.gather(*self._chores, return_exceptions=True)
 
     # ---- loops -----------------------------------------------------------------------------
     async def _wake_listener(self) -> None:
-        broker = self.rt.broker
+        broker = self.broker
         while True:
             try:
                 if await broker.wait_for_wake(self.settings.bg_job_sweep_secs):
@@ -140,7 +157,7 @@ class Worker:
         Wake-ups are events (a run created, requeued, or due after a delay: see
         `Broker.wake_workers`); every BG_JOB_SWEEP_SECS a sweep also fails runs out of attempts
         and asks the storage for the next delayed run, in case its timed wake-up was lost."""
-        storage = self.rt.storage
+        storage = self.storage
         last_sweep = 0.0
         due: datetime | None = None  # the next delayed run, as of the last sweep
         loop = asyncio.get_running_loop()
@@ -200,7 +217,7 @@ class Worker:
             if not leases:
                 continue
             try:
-                lost = await self.rt.storage.renew_leases(self.id, leases, self.settings.bg_job_lease_secs)
+                lost = await self.storage.renew_leases(self.id, leases, self.settings.bg_job_lease_secs)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried next beat; lease outlives one miss
@@ -212,9 +229,9 @@ class Worker:
                     log.warning("lease lost; abandoning run", run_id=job.run_id)
                     job.abort("lost_lease")
 
-    async def _announce_exhausted(self, run: dict) -> None:
-        from agentserver.utils import dumps
-
-        error = {"error": "RetriesExhausted", "message": "Run failed after the maximum number of attempts"}
-        await self.rt.broker.publish(run["run_id"], "error", dumps(error))
-        await self.rt.services.runs.announce_end(run["run_id"], run["thread_id"], "error", error=error)
+    async def _announce_exhausted(self, run: Record) -> None:
+        """A run whose lease expired on its last attempt was failed by the sweep: tell its
+        subscribers."""
+        error = retries_exhausted_error(run["run_id"], run.get("attempt") or self.max_attempts, self.max_attempts)
+        await self.broker.publish(run["run_id"], "error", dumps(error))
+        await self.broker.announce_end(run["run_id"], run["thread_id"], "error", error=error)
