@@ -34,7 +34,9 @@ Settings come from environment variables (see docs/configuration.md)."""
 
 def _add_common(p: argparse.ArgumentParser, *, http: bool = True) -> None:
     p.add_argument(
-        "--config", "-c", default="langgraph.json",
+        "--config",
+        "-c",
+        default="langgraph.json",
         help="path to langgraph.json (default: ./langgraph.json)",
     )
     if http:
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(dev)
     dev.add_argument(
-        "--data-dir", default=".agentserver",
+        "--data-dir",
+        default=".agentserver",
         help="directory of the embedded database (default: ./.agentserver)",
     )
     dev.set_defaults(host_default="127.0.0.1")
@@ -247,13 +250,15 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"cannot listen on {where}: the port is already in use (choose another with --port)") from None
+            raise StartupError(
+                f"cannot listen on {where}: the port is already in use (choose another with --port)"
+            ) from None
         raise StartupError(f"cannot listen on {where}: {exc.strerror}") from None
     sock.set_inheritable(False)
     return sock
 
 
-async def _start(rt, shutdown: "_Shutdown") -> None:
+async def _start(rt, shutdown: _Shutdown) -> None:
     """Start the runtime; a signal during start-up abandons it."""
     from agentserver.runtime import StartupError
 
@@ -301,8 +306,10 @@ async def _run_worker(rt, sock: socket.socket | None, health_url: str | None) ->
     health = None
     if sock is not None:
         health = await asyncio.start_server(_health_handler, sock=sock)
-    log.info(f"worker ready ({rt.settings.n_jobs_per_worker} slots)"
-             + (f"; health check at {health_url}" if health_url else ""))
+    log.info(
+        f"worker ready ({rt.settings.n_jobs_per_worker} slots)"
+        + (f"; health check at {health_url}" if health_url else "")
+    )
     try:
         await shutdown.stopping.wait()
     finally:
@@ -403,7 +410,9 @@ async def _health_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWr
         body = b'{"ok":true}'
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+            + str(len(body)).encode()
+            + b"\r\nconnection: close\r\n\r\n"
+            + body
         )
         await writer.drain()
     finally:

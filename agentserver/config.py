@@ -140,13 +140,13 @@ def load_config(path: str | os.PathLike[str]) -> ProjectConfig:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{file}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from exc
+        raise ConfigError(f"{file}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
     cfg = parse_config(data, file)
     if cfg.unknown:
         logger.warning(
-            "%s: unknown keys ignored: %s", file, ", ".join(sorted(cfg.unknown)),
+            "%s: unknown keys ignored: %s",
+            file,
+            ", ".join(sorted(cfg.unknown)),
             extra={"config": str(file), "unknown_keys": sorted(cfg.unknown)},
         )
     return cfg
@@ -290,16 +290,12 @@ def _parse_graphs(data: dict[str, Any], fail) -> tuple[dict[str, str], dict[str,
                 descriptions[graph_id] = description
         elif not isinstance(spec, str):
             raise fail(
-                f"graph '{graph_id}': expected './file.py:attribute' or an object with 'path', "
-                f"got {_json_type(spec)}"
+                f"graph '{graph_id}': expected './file.py:attribute' or an object with 'path', got {_json_type(spec)}"
             )
         spec = spec.strip()
         module_part, _, attr = spec.rpartition(":")
         if not module_part or not all(part.isidentifier() for part in attr.split(".")):
-            raise fail(
-                f"graph '{graph_id}': spec {spec!r} must look like './file.py:graph' "
-                "or 'package.module:graph'"
-            )
+            raise fail(f"graph '{graph_id}': spec {spec!r} must look like './file.py:graph' or 'package.module:graph'")
         graphs[graph_id] = spec
     return graphs, descriptions
 

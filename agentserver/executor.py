@@ -154,7 +154,10 @@ async def stream_run(graph: Any, run: RunSpec) -> AsyncIterator[tuple[str, Any]]
     if not context:
         # LangGraph takes an empty context for "none given" and falls back to its parent
         # runtime's: seed that one, so nodes see `{}` (a TypedDict's view) rather than None.
-        config = {**config, "configurable": {**(config.get("configurable") or {}), CONFIG_KEY_RUNTIME: Runtime(context=context)}}
+        config = {
+            **config,
+            "configurable": {**(config.get("configurable") or {}), CONFIG_KEY_RUNTIME: Runtime(context=context)},
+        }
     if run.interrupt_before:
         kwargs["interrupt_before"] = run.interrupt_before
     if run.interrupt_after:

@@ -22,6 +22,7 @@ import copy
 import functools
 import inspect
 import typing
+from collections.abc import Callable
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
@@ -30,7 +31,7 @@ from contextlib import (
     contextmanager,
 )
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from langgraph.graph.state import StateGraph
 from langgraph.pregel import Pregel
@@ -172,7 +173,9 @@ def server_runtime(access: AccessContext, *, store: Any, context: Any = None) ->
     return _ReadRuntime(access_context=access, user=None, store=store)
 
 
-async def invoke(factory: Callable[..., Any], call: FactoryCall, config: Any, runtime: Any, stack: AsyncExitStack) -> Any:
+async def invoke(
+    factory: Callable[..., Any], call: FactoryCall, config: Any, runtime: Any, stack: AsyncExitStack
+) -> Any:
     """Call the factory and enter what it returns if that is a context manager; the context
     is exited when `stack` closes. Returns what the factory built (not yet checked)."""
     args, kwargs = call.arguments(config, runtime)
@@ -214,7 +217,7 @@ async def _enter_sync_context(cm: AbstractContextManager, stack: AsyncExitStack)
 def _is_async_callable(obj: Any) -> bool:
     while isinstance(obj, functools.partial):
         obj = obj.func
-    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(getattr(obj, "__call__", None))
+    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(type(obj).__call__)
 
 
 __all__ = [

@@ -34,11 +34,12 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 from uuid import UUID, uuid5
 
 from langchain_core.runnables import RunnableConfig
@@ -90,19 +91,17 @@ class GraphRegistry:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_config(cls, cfg: ProjectConfig) -> "GraphRegistry":
+    def from_config(cls, cfg: ProjectConfig) -> GraphRegistry:
         """Import every graph of the project. Raises `GraphLoadError` on the first one that fails.
         Imports run user code: call it from a thread (`afrom_config`) inside a running loop."""
         registry = cls()
         for graph_id, spec in cfg.graphs.items():
             obj, source = _import_spec(graph_id, spec, cfg.base_dir)
-            registry.register(
-                graph_id, obj, description=cfg.descriptions.get(graph_id), spec=spec, source=source
-            )
+            registry.register(graph_id, obj, description=cfg.descriptions.get(graph_id), spec=spec, source=source)
         return registry
 
     @classmethod
-    async def afrom_config(cls, cfg: ProjectConfig) -> "GraphRegistry":
+    async def afrom_config(cls, cfg: ProjectConfig) -> GraphRegistry:
         return await asyncio.to_thread(cls.from_config, cfg)
 
     def register(
@@ -195,9 +194,7 @@ class GraphRegistry:
             built = await self._build(entry, config, runtime, stack)
             yield _attach(built, checkpointer, store)
 
-    async def _build(
-        self, entry: _Entry, config: RunnableConfig | None, runtime: Any, stack: AsyncExitStack
-    ) -> Pregel:
+    async def _build(self, entry: _Entry, config: RunnableConfig | None, runtime: Any, stack: AsyncExitStack) -> Pregel:
         assert entry.factory is not None and entry.call is not None
         run_config: dict[str, Any] = dict(config or {})
         run_config["configurable"] = dict(run_config.get("configurable") or {})
@@ -223,7 +220,9 @@ class GraphRegistry:
                 return await asyncio.to_thread(result.compile)
             except Exception as exc:
                 raise GraphLoadError(
-                    entry.graph_id, entry.source, f"cannot compile the factory's StateGraph: {describe_error(exc, typed=True)}"
+                    entry.graph_id,
+                    entry.source,
+                    f"cannot compile the factory's StateGraph: {describe_error(exc, typed=True)}",
                 ) from exc
         raise GraphLoadError(
             entry.graph_id,
@@ -240,7 +239,9 @@ class GraphRegistry:
         async with self.graph(graph_id, config, store=store) as graph:
             return await asyncio.to_thread(_drawable_json, graph, config, xray)
 
-    async def schemas(self, graph_id: str, config: RunnableConfig | None = None, *, store: Any = None) -> dict[str, Any]:
+    async def schemas(
+        self, graph_id: str, config: RunnableConfig | None = None, *, store: Any = None
+    ) -> dict[str, Any]:
         """JSON schemas of the graph: graph_id, input_schema, output_schema, state_schema,
         config_schema, context_schema (each None when it cannot be produced)."""
         async with self.graph(graph_id, config, store=store) as graph:
@@ -269,7 +270,9 @@ def _import_spec(graph_id: str, spec: str, base_dir: Path) -> tuple[Any, str]:
     module_ref, _, attr = spec.rpartition(":")
     if not module_ref or not attr:
         raise GraphLoadError(graph_id, spec, "the spec must look like './file.py:graph' or 'package.module:graph'")
-    is_file = module_ref.endswith(".py") or module_ref.startswith((".", "/", "~")) or "/" in module_ref or "\\" in module_ref
+    is_file = (
+        module_ref.endswith(".py") or module_ref.startswith((".", "/", "~")) or "/" in module_ref or "\\" in module_ref
+    )
     if is_file:
         path = (base_dir / Path(module_ref).expanduser()).resolve()
         source = f"{module_ref} ({path})"
@@ -292,9 +295,7 @@ def _import_spec(graph_id: str, spec: str, base_dir: Path) -> tuple[Any, str]:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise GraphLoadError(
-                graph_id, source, f"{module.__name__!s} has no attribute {attr!r}"
-            ) from None
+            raise GraphLoadError(graph_id, source, f"{module.__name__!s} has no attribute {attr!r}") from None
     return obj, source
 
 

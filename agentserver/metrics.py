@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-RUNS_ENDED = Counter(
-    "agentserver_runs_ended_total", "Runs this process ended, by final status", ["status"]
-)
+RUNS_ENDED = Counter("agentserver_runs_ended_total", "Runs this process ended, by final status", ["status"])
 RUNS_REQUEUED = Counter(
     "agentserver_runs_requeued_total", "Runs this process put back in the queue (retriable failures)"
 )

@@ -126,9 +126,7 @@ class Runtime:
             except Unavailable as exc:
                 cause = errors.last or exc.detail
                 if loop.time() + delay > deadline:
-                    raise StartupError(
-                        f"cannot reach {what} after {wait:g}s (STARTUP_WAIT_SECS): {cause}"
-                    ) from None
+                    raise StartupError(f"cannot reach {what} after {wait:g}s (STARTUP_WAIT_SECS): {cause}") from None
                 if not warned:
                     log.warning(f"waiting up to {wait:g}s for {what}", error=cause)
                     warned = True

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 
 class SettingsError(ValueError):
@@ -112,7 +112,7 @@ class Settings:
     webhook_max_retries: int = 3
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         origins = env.get("CORS_ALLOW_ORIGINS", "*").strip() or "*"
         prefix = env.get("MOUNT_PREFIX", "").strip().rstrip("/")
@@ -122,9 +122,7 @@ class Settings:
             n_jobs_per_worker=_int(env, "N_JOBS_PER_WORKER", 10, lo=1),
             bg_job_timeout_secs=_float(env, "BG_JOB_TIMEOUT_SECS", 86400.0, lo=0.001),
             bg_job_max_retries=_int(env, "BG_JOB_MAX_RETRIES", 3, lo=0),
-            bg_job_shutdown_grace_period_secs=_int(
-                env, "BG_JOB_SHUTDOWN_GRACE_PERIOD_SECS", 180, lo=0, hi=3600
-            ),
+            bg_job_shutdown_grace_period_secs=_int(env, "BG_JOB_SHUTDOWN_GRACE_PERIOD_SECS", 180, lo=0, hi=3600),
             bg_job_isolated_loops=_bool(env, "BG_JOB_ISOLATED_LOOPS", False),
             bg_job_lease_secs=_float(env, "BG_JOB_LEASE_SECS", 6.0, lo=0.5),
             bg_job_sweep_secs=_float(env, "BG_JOB_SWEEP_SECS", 2.0, lo=0.05),
@@ -148,7 +146,7 @@ class Settings:
             webhook_max_retries=_int(env, "WEBHOOK_MAX_RETRIES", 3, lo=0),
         )
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         return replace(self, **changes)
 
 
@@ -195,7 +193,7 @@ def ignored_env(env: Mapping[str, str], shape: str) -> list[str]:
     return lines
 
 
-def default_langsmith_tracing(env: "os._Environ[str] | dict[str, str]") -> bool:
+def default_langsmith_tracing(env: os._Environ[str] | dict[str, str]) -> bool:
     """As in the official server, LANGSMITH_TRACING defaults to true: with LANGSMITH_API_KEY set
     and no LANGSMITH_TRACING (nor its LANGCHAIN_ aliases), runs are traced to LangSmith
     (LANGSMITH_ENDPOINT). Sets the variable for the LangChain tracer; True if it did."""

@@ -6,7 +6,7 @@ import json
 import os
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -25,14 +25,14 @@ def uuid7() -> str:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def isoformat(dt: datetime | None) -> str | None:
     if dt is None:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.isoformat()
 
 
@@ -40,7 +40,7 @@ def parse_dt(value: str | datetime | None) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     dt = datetime.fromisoformat(value)
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _default(obj: Any) -> Any:
@@ -86,7 +86,7 @@ class NumberOutOfRange(ValueError):
         self.path = path
         super().__init__(f"{'.'.join(path)}: {problem}" if path else problem)
 
-    def at(self, key: Any) -> "NumberOutOfRange":
+    def at(self, key: Any) -> NumberOutOfRange:
         return NumberOutOfRange(self.problem, (str(key), *self.path))
 
 

@@ -13,11 +13,11 @@ from agentserver.api.responses import JSON, PAGINATED_DOC, error_doc, page, publ
 from agentserver.api.schemas import MAX_INT32
 from agentserver.api.schemas.assistants import (
     Assistant,
-    AssistantSelection,
     AssistantCount,
     AssistantCreate,
     AssistantPatch,
     AssistantSearch,
+    AssistantSelection,
     AssistantSetLatest,
     AssistantVersion,
     AssistantVersionsSearch,
@@ -60,9 +60,7 @@ async def create_assistant(request: Request, body: AssistantCreate) -> JSON:
     response_model=list[Assistant | AssistantSelection],  # with `select`: only the selected fields
     responses={200: _PAGINATED, **_INVALID},
 )
-async def search_assistants(
-    request: Request, body: Annotated[AssistantSearch | None, Body()] = None
-) -> JSON:
+async def search_assistants(request: Request, body: Annotated[AssistantSearch | None, Body()] = None) -> JSON:
     body = body or AssistantSearch()
     items, total = await services(request).assistants.search(
         graph_id=body.graph_id,
@@ -182,9 +180,7 @@ async def set_latest_version(
 async def assistant_graph(
     request: Request,
     assistant_id: AssistantIdPath,
-    xray: Annotated[
-        str, Query(description="true/false, or the depth (integer) of subgraphs to include")
-    ] = "false",
+    xray: Annotated[str, Query(description="true/false, or the depth (integer) of subgraphs to include")] = "false",
 ) -> JSON:
     return JSON(await services(request).assistants.graph(assistant_id, xray=_parse_xray(xray)))
 

@@ -10,8 +10,9 @@ not recognise, including any request with a query string, goes through FastAPI u
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -33,7 +34,7 @@ class HotRoute:
         if len(parts) != len(self.segments):
             return None
         params: dict[str, str] = {}
-        for part, seg in zip(parts, self.segments):
+        for part, seg in zip(parts, self.segments, strict=False):
             if seg[0] == "{":
                 if not part:
                     return None
@@ -63,7 +64,7 @@ class FastPath:
         path: str = scope["path"]
         root = scope.get("root_path") or ""
         if root and path.startswith(root):
-            path = path[len(root):]
+            path = path[len(root) :]
         parts = path.strip("/").split("/")
         for route in candidates:
             params = route.match(parts)

@@ -35,7 +35,7 @@ async def ok(
     if check_db:
         rt = runtime(request)
         results = await asyncio.gather(_check(rt.storage.ping), _check(rt.broker.ping))
-        down = [f"{name}: {problem}" for name, problem in zip(("storage", "broker"), results) if problem]
+        down = [f"{name}: {problem}" for name, problem in zip(("storage", "broker"), results, strict=False) if problem]
         if down:
             return JSON({"detail": "Unavailable: " + "; ".join(down)}, status_code=503)
     return JSON({"ok": True})
@@ -45,7 +45,7 @@ async def _check(ping) -> str | None:
     """None if `ping()` succeeds in time, else what went wrong."""
     try:
         await asyncio.wait_for(ping(), CHECK_TIMEOUT_SECS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return f"no answer within {CHECK_TIMEOUT_SECS:g}s"
     except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
         log.warning("health check failed", error=repr(exc))
@@ -76,7 +76,9 @@ async def info(request: Request) -> JSON:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    },
 )
 async def metrics() -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

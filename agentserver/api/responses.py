@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from starlette.responses import Response
 
 from agentserver.utils import dumps
 
 # Internal record fields that never leave the server.
-_HIDDEN = frozenset(
-    {"attempt", "available_at", "lease_owner", "lease_id", "lease_expires_at", "expires_at", "ttl"}
-)
+_HIDDEN = frozenset({"attempt", "available_at", "lease_owner", "lease_id", "lease_expires_at", "expires_at", "ttl"})
 
 
 class JSON(Response):

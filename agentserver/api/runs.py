@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Annotated, AsyncIterator, Literal, get_args
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal, get_args
 
 import structlog
 from fastapi import APIRouter, Body, Header, Query, Request
@@ -56,7 +57,7 @@ def _modes(values: list[str] | None, allowed: tuple[str, ...] = RUN_MODES) -> li
     out: list[str] = []
     for raw in values or ():
         text = raw.strip()
-        if text[:1] in ('[', '"'):
+        if text[:1] in ("[", '"'):
             try:
                 parsed = json.loads(text)
             except ValueError:
@@ -314,8 +315,16 @@ def _join_events(
     if after == "-1":
         after = "0"
         first = _metadata_frame(run, "0")
-    return _run_events(svc, run["run_id"], thread_id, after=after, resumable=resumable, modes=modes, first=first,
-                       cancel_on_disconnect=cancel_on_disconnect)
+    return _run_events(
+        svc,
+        run["run_id"],
+        thread_id,
+        after=after,
+        resumable=resumable,
+        modes=modes,
+        first=first,
+        cancel_on_disconnect=cancel_on_disconnect,
+    )
 
 
 @router.post("/threads/{thread_id}/runs/{run_id}/cancel", summary="Cancel a run")

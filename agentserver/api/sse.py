@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.responses import StreamingResponse
 
@@ -19,9 +20,7 @@ HEARTBEAT = b": heartbeat\r\n\r\n"
 def frame(event: str, data: bytes, event_id: str | None = None) -> bytes:
     if event_id is None:
         return b"event: " + event.encode() + b"\r\ndata: " + data + b"\r\n\r\n"
-    return (
-        b"event: " + event.encode() + b"\r\ndata: " + data + b"\r\nid: " + event_id.encode() + b"\r\n\r\n"
-    )
+    return b"event: " + event.encode() + b"\r\ndata: " + data + b"\r\nid: " + event_id.encode() + b"\r\n\r\n"
 
 
 def frame_json(event: str, payload: Any, event_id: str | None = None) -> bytes:
@@ -36,12 +35,12 @@ def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = No
     )
 
 
-async def keepalive_json(result: "asyncio.Future[Any] | asyncio.Task[Any]", interval: float) -> AsyncIterator[bytes]:
+async def keepalive_json(result: asyncio.Future[Any] | asyncio.Task[Any], interval: float) -> AsyncIterator[bytes]:
     """The /wait body: a newline every `interval` seconds until `result` resolves, then its JSON."""
     while True:
         try:
             value = await asyncio.wait_for(asyncio.shield(result), interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             yield b"\n"
             continue
         yield dumps(value)

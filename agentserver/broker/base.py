@@ -17,8 +17,9 @@ Every method may be called from any event loop of the process (jobs on isolated 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from agentserver.utils import dumps
 
@@ -92,7 +93,9 @@ class Broker(ABC):
         """The pending control action of a run, if any."""
 
     @abstractmethod
-    async def watch_control(self, run_id: str, callback: Callable[[str], Awaitable[None] | None]) -> Callable[[], Awaitable[None]]:
+    async def watch_control(
+        self, run_id: str, callback: Callable[[str], Awaitable[None] | None]
+    ) -> Callable[[], Awaitable[None]]:
         """Call `callback(action)` when a control action arrives for the run, and at once if one
         is already pending. The callback runs on the caller's event loop, once per distinct
         action (a coroutine result is scheduled as a task). Returns an async function that stops

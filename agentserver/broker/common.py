@@ -19,7 +19,7 @@ import asyncio
 import inspect
 import time
 from asyncio import events as _aio_events
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 

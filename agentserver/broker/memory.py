@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from asyncio import events as _aio_events
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from agentserver.broker.base import Broker, Event
 from agentserver.broker.common import ControlWatcher, parse_after, resolve, wake_futures, when_due

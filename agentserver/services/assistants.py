@@ -224,7 +224,9 @@ class AssistantService:
     async def schemas(self, assistant_id: str) -> dict[str, Any]:
         assistant = await self.get(assistant_id)
         try:
-            return await self.graphs.schemas(assistant["graph_id"], self._graph_config(assistant), store=self.storage.store)
+            return await self.graphs.schemas(
+                assistant["graph_id"], self._graph_config(assistant), store=self.storage.store
+            )
         except GraphLoadError as exc:
             raise InvalidInput(str(exc)) from exc
 

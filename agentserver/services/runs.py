@@ -8,10 +8,10 @@ broker (the run's event log, control signals, wake-ups).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, AsyncIterator
+from typing import Any
 
 import structlog
 
@@ -115,7 +115,7 @@ class _GoneCheck:
 
     MAX_INTERVAL = 30.0
 
-    def __init__(self, svc: "RunService", run_id: str, thread_id: str | None) -> None:
+    def __init__(self, svc: RunService, run_id: str, thread_id: str | None) -> None:
         self.svc, self.run_id, self.thread_id = svc, run_id, thread_id
         self.interval = 0.0
         self.next_at = 0.0
@@ -310,7 +310,9 @@ class RunService:
             ended = await self.storage.run_finish(
                 run_id,
                 None,
-                RunEnd(status="interrupted", thread_status=await self._resting_status(run), delete_run=action == "rollback"),
+                RunEnd(
+                    status="interrupted", thread_status=await self._resting_status(run), delete_run=action == "rollback"
+                ),
             )
             if ended:
                 await self.broker.announce_end(run_id, run["thread_id"], "interrupted")
@@ -411,7 +413,7 @@ class RunService:
                 if not queue:
                     try:
                         await asyncio.wait_for(wake.wait(), self.settings.stream_heartbeat_secs)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         yield "idle", None, None
                     continue
                 run, position = queue.pop(0)

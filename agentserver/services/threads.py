@@ -19,8 +19,9 @@ import asyncio
 import copy
 import re
 from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any
 
 import structlog
 from langgraph._internal._constants import CONFIG_KEY_RUNTIME  # the key LangGraph reads its runtime from
@@ -52,7 +53,14 @@ TTL_STRATEGIES = ("delete", "keep_latest")
 STOP_WAIT_SECS = 5.0
 _SWEEP_BATCH = 100
 _STATE_FIELDS = (
-    "values", "next", "tasks", "checkpoint", "metadata", "created_at", "parent_checkpoint", "interrupts",
+    "values",
+    "next",
+    "tasks",
+    "checkpoint",
+    "metadata",
+    "created_at",
+    "parent_checkpoint",
+    "interrupts",
 )
 
 
@@ -63,7 +71,7 @@ def select_state(state: dict[str, Any], select: Sequence[str] | None) -> dict[st
     out: dict[str, Any] = {}
     for field in select:
         if field.startswith("values."):
-            key = field[len("values."):]
+            key = field[len("values.") :]
             values = state.get("values")
             picked = out.setdefault("values", {})
             if isinstance(values, dict) and key in values and isinstance(picked, dict):
@@ -219,9 +227,7 @@ class ThreadService:
             async with asyncio.timeout(STOP_WAIT_SECS):
                 await asyncio.gather(*(self._stream_end(run_id) for run_id in running))
         except TimeoutError:
-            log.warning(
-                "runs did not stop in time; deleting their thread anyway", thread_id=thread_id, runs=running
-            )
+            log.warning("runs did not stop in time; deleting their thread anyway", thread_id=thread_id, runs=running)
 
     async def _stream_end(self, run_id: str) -> None:
         async for _ in self.broker.subscribe(run_id, idle_secs=STOP_WAIT_SECS):
@@ -276,8 +282,7 @@ class ThreadService:
         threads, total = await self.storage.thread_search(query)
         if paths:
             threads = [
-                {**t, "extracted": {alias: extract_path(t, tokens) for alias, tokens in paths.items()}}
-                for t in threads
+                {**t, "extracted": {alias: extract_path(t, tokens) for alias, tokens in paths.items()}} for t in threads
             ]
         return threads, total
 

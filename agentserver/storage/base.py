@@ -16,9 +16,10 @@ must change in the same transaction as the run that causes them:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.store.base import BaseStore
@@ -166,9 +167,7 @@ class Storage(ABC):
     async def thread_get(self, thread_id: str) -> Record | None: ...
 
     @abstractmethod
-    async def thread_update(
-        self, thread_id: str, *, metadata: dict | None = None, ttl: Record | None = None
-    ) -> Record:
+    async def thread_update(self, thread_id: str, *, metadata: dict | None = None, ttl: Record | None = None) -> Record:
         """Merge metadata into the thread, set its TTL; NotFound if missing."""
 
     @abstractmethod
@@ -214,9 +213,7 @@ class Storage(ABC):
     async def run_get(self, run_id: str, thread_id: str | None = None) -> Record | None: ...
 
     @abstractmethod
-    async def run_list(
-        self, thread_id: str, *, status: str | None, limit: int, offset: int
-    ) -> list[Record]:
+    async def run_list(self, thread_id: str, *, status: str | None, limit: int, offset: int) -> list[Record]:
         """Runs of a thread, newest first."""
 
     @abstractmethod
@@ -227,9 +224,7 @@ class Storage(ABC):
         """Pending and/or running runs (status: pending | running | all)."""
 
     @abstractmethod
-    async def claim_runs(
-        self, worker_id: str, limit: int, lease_secs: float, max_attempts: int
-    ) -> list[Claimed]:
+    async def claim_runs(self, worker_id: str, limit: int, lease_secs: float, max_attempts: int) -> list[Claimed]:
         """Claim up to `limit` runs, oldest first: pending runs whose `available_at` has come,
         and running runs whose lease expired (their worker died) with `attempt < max_attempts`.
         Only the oldest in-flight run of each thread may be claimed (per-thread FIFO), and never

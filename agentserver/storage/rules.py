@@ -9,9 +9,7 @@ from typing import Any, Literal
 from agentserver.storage.base import Record
 
 # The 409 of multitask_strategy="reject" when the thread has a run in flight.
-REJECT_MESSAGE = (
-    "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
-)
+REJECT_MESSAGE = "Thread is already running a task. Wait for it to finish or choose a different multitask strategy."
 
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 

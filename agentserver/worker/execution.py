@@ -4,7 +4,8 @@ executor (`agentserver.executor`). Runs on the process's loop, or on an isolated
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from agentserver.executor import final_state, stream_run
 from agentserver.factory import CREATE_RUN, READ
@@ -27,9 +28,7 @@ def _root_config(spec: RunSpec) -> dict:
 
 async def _resuming(checkpointer, run: Record) -> bool:
     """A retried run resumes from its last checkpoint when it wrote one."""
-    latest = await checkpointer.aget_tuple(
-        {"configurable": {"thread_id": run["thread_id"], "checkpoint_ns": ""}}
-    )
+    latest = await checkpointer.aget_tuple({"configurable": {"thread_id": run["thread_id"], "checkpoint_ns": ""}})
     return latest is not None and (latest.metadata or {}).get("run_id") == run["run_id"]
 
 

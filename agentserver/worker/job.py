@@ -28,7 +28,7 @@ RECANCEL_SECS = 0.5
 
 
 class Job:
-    def __init__(self, worker: "Worker", claimed: Claimed) -> None:
+    def __init__(self, worker: Worker, claimed: Claimed) -> None:
         self.worker = worker
         self.run_record = claimed.run
         self.spec = RunSpec.from_json(claimed.run.get("kwargs"))
@@ -136,8 +136,13 @@ class Job:
         storage = worker.storage
         return asyncio.ensure_future(
             execute(
-                worker.graphs, self.run_record, self.spec, self.attempt, worker.broker.publish,
-                checkpointer=storage.checkpointer, store=storage.store,
+                worker.graphs,
+                self.run_record,
+                self.spec,
+                self.attempt,
+                worker.broker.publish,
+                checkpointer=storage.checkpointer,
+                store=storage.store,
             )
         )
 
@@ -187,7 +192,10 @@ class Job:
             )
         elif kind == "timeout" or kind == "error" or retriable:
             if kind == "timeout":
-                error = {"error": "TimeoutError", "message": f"Run timed out after {worker.settings.bg_job_timeout_secs:g}s"}
+                error = {
+                    "error": "TimeoutError",
+                    "message": f"Run timed out after {worker.settings.bg_job_timeout_secs:g}s",
+                }
             elif exc is not None:
                 error = error_payload(exc)
             else:  # shut down once too often

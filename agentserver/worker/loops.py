@@ -37,7 +37,9 @@ class JobLoop:
 
 
 class LoopPool:
-    def __init__(self, storage: Storage, broker: Broker, graphs: GraphRegistry, size: int, *, pool_max_size: int) -> None:
+    def __init__(
+        self, storage: Storage, broker: Broker, graphs: GraphRegistry, size: int, *, pool_max_size: int
+    ) -> None:
         self.storage, self.broker, self.graphs = storage, broker, graphs
         self.pool_max_size = pool_max_size  # database connections shared by the job loops
         self.loops = [JobLoop(i) for i in range(size)]

@@ -20,7 +20,9 @@ def webhook_body(run: Record, spec: RunSpec, end: RunEnd, values) -> bytes:
     """The run as the webhook receives it: its record (`kwargs` from `spec`), its end, and the
     thread's final values."""
     body = {k: run.get(k) for k in ("run_id", "thread_id", "assistant_id", "metadata")}
-    body.update(kwargs=spec.to_json(), multitask_strategy=run.get("multitask_strategy"), created_at=run.get("created_at"))
+    body.update(
+        kwargs=spec.to_json(), multitask_strategy=run.get("multitask_strategy"), created_at=run.get("created_at")
+    )
     body.update(status=end.status, updated_at=now(), values=values)
     if end.error is not None:
         body["error"] = end.error

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from datetime import datetime
 from collections.abc import Coroutine
+from datetime import datetime
 
 import structlog
 
@@ -65,8 +65,9 @@ class Worker:
             asyncio.create_task(self._wake_listener(), name="worker-wake"),
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
         ]
-        log.info("worker started", worker_id=self.id, slots=self.slots,
-                 isolated_loops=self.settings.bg_job_isolated_loops)
+        log.info(
+            "worker started", worker_id=self.id, slots=self.slots, isolated_loops=self.settings.bg_job_isolated_loops
+        )
 
     def kick(self) -> None:
         self._kick.set()
@@ -107,7 +108,8 @@ class Worker:
             log.info(
                 f"shutting down: waiting up to {grace}s for {len(running)} running run(s) to finish "
                 "(signal again to stop now; unfinished runs go back to the queue)",
-                count=len(running), grace_secs=grace,
+                count=len(running),
+                grace_secs=grace,
             )
             hurry = asyncio.create_task(self._hurry.wait())
             pending = set(running)
@@ -124,8 +126,10 @@ class Worker:
         unfinished = [job for job in self.jobs.values() if job.task is not None and not job.task.done()]
         self.interrupted_on_stop = len(unfinished)
         if unfinished:
-            log.info(f"putting {len(unfinished)} unfinished run(s) back in the queue",
-                     run_ids=[job.run_id for job in unfinished])
+            log.info(
+                f"putting {len(unfinished)} unfinished run(s) back in the queue",
+                run_ids=[job.run_id for job in unfinished],
+            )
             for job in unfinished:
                 job.abort("shutdown")
             await asyncio.gather(*(job.task for job in unfinished), return_exceptions=True)
@@ -191,7 +195,7 @@ class Worker:
                 timeout = 0.5
             try:
                 await asyncio.wait_for(self._kick.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _start_job(self, claimed: Claimed) -> None:

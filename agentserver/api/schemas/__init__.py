@@ -49,7 +49,8 @@ class WireModel(BaseModel):
 
 def selection(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
     """The documented shape of `model` projected by a search's `select`: every field optional."""
-    fields: dict[str, Any] = {n: (Optional[f.annotation], None) for n, f in model.model_fields.items()}
+    # Optional[...] rather than `|`: the annotations are objects of any kind, built at run time.
+    fields: dict[str, Any] = {n: (Optional[f.annotation], None) for n, f in model.model_fields.items()}  # noqa: UP045
     return create_model(name, __base__=WireModel, __doc__=doc, **fields)
 
 

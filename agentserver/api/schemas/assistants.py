@@ -11,8 +11,16 @@ from agentserver.api.schemas import MAX_INT32, MAX_OFFSET, RequestBody, WireMode
 
 AssistantSortBy = Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"]
 AssistantField = Literal[
-    "assistant_id", "graph_id", "name", "description", "config", "context", "created_at",
-    "updated_at", "metadata", "version",
+    "assistant_id",
+    "graph_id",
+    "name",
+    "description",
+    "config",
+    "context",
+    "created_at",
+    "updated_at",
+    "metadata",
+    "version",
 ]
 SortOrder = Literal["asc", "desc"]
 
@@ -100,4 +108,6 @@ class DrawableGraph(WireModel):
     edges: list[dict[str, Any]]
 
 
-AssistantSelection = selection(Assistant, "AssistantSelection", "An assistant projected to the fields a search `select`ed.")
+AssistantSelection = selection(
+    Assistant, "AssistantSelection", "An assistant projected to the fields a search `select`ed."
+)

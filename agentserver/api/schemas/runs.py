@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator
 
 from agentserver.api.schemas import MAX_DELAY_SECONDS, RequestBody
 
 StreamMode = Literal[
-    "values", "updates", "messages", "messages-tuple", "events", "debug", "custom", "tasks",
+    "values",
+    "updates",
+    "messages",
+    "messages-tuple",
+    "events",
+    "debug",
+    "custom",
+    "tasks",
     "checkpoints",
 ]
 MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
@@ -40,9 +47,9 @@ class RunCreate(RequestBody):
     config: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     webhook: str | None = None
-    interrupt_before: Union[Literal["*"], list[str], None] = None
-    interrupt_after: Union[Literal["*"], list[str], None] = None
-    stream_mode: Union[StreamMode, list[StreamMode]] = Field(default_factory=lambda: ["values"])
+    interrupt_before: Literal["*"] | list[str] | None = None
+    interrupt_after: Literal["*"] | list[str] | None = None
+    stream_mode: StreamMode | list[StreamMode] = Field(default_factory=lambda: ["values"])
     stream_subgraphs: bool = False
     stream_resumable: bool = False
     feedback_keys: list[str] | None = None

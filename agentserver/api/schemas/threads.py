@@ -12,8 +12,17 @@ from agentserver.api.schemas import MAX_OFFSET, MAX_TTL_MINUTES, RequestBody, Wi
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 ThreadSortBy = Literal["thread_id", "status", "created_at", "updated_at", "state_updated_at"]
 ThreadField = Literal[
-    "thread_id", "created_at", "updated_at", "state_updated_at", "metadata", "config", "context",
-    "status", "values", "interrupts", "error",
+    "thread_id",
+    "created_at",
+    "updated_at",
+    "state_updated_at",
+    "metadata",
+    "config",
+    "context",
+    "status",
+    "values",
+    "interrupts",
+    "error",
 ]
 SortOrder = Literal["asc", "desc"]
 TTLStrategy = Literal["delete", "keep_latest"]

@@ -17,14 +17,11 @@ from __future__ import annotations
 import asyncio
 import time
 from asyncio import events as _aio_events
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import orjson
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from agentserver.broker.base import DONE, Broker, Event
 from agentserver.broker.common import ControlWatcher, parse_after, wake_futures, when_due
@@ -36,6 +33,10 @@ from agentserver.broker.redis.retry import BACKOFF_MAX, BACKOFF_MIN, RETRYABLE, 
 from agentserver.broker.redis.scripts import stream_top
 from agentserver.errors import Unavailable
 from agentserver.settings import Settings
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +57,7 @@ class _LoopBridge:
         self._agen = agen
         self._home = home
 
-    def __aiter__(self) -> "_LoopBridge":
+    def __aiter__(self) -> _LoopBridge:
         return self
 
     async def __anext__(self) -> Any:
@@ -160,7 +161,7 @@ class RedisBroker(Broker):
         self._hub.start()
         try:
             await asyncio.wait_for(self._hub.ready.wait(), SETUP_WAIT_SECS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("redis pubsub not connected yet; retrying in the background")
         self._publisher.start()
 
@@ -231,7 +232,7 @@ class RedisBroker(Broker):
         finished = await self._publisher.finish(run_id)
         try:
             await asyncio.wait_for(asyncio.shield(finished), FINISH_WAIT_SECS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("redis is slow or down: the end of the run's stream is written later", run_id=run_id)
 
     def subscribe(

@@ -7,16 +7,15 @@ missed while it was down)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Coroutine
-
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from collections.abc import Callable, Coroutine
 
 from agentserver.broker.common import ControlWatcher
 from agentserver.broker.redis.hub import PubSubHub
 from agentserver.broker.redis.keys import Keys
 from agentserver.broker.redis.retry import BACKOFF_MAX, BACKOFF_MIN, RETRYABLE, backoff
 from agentserver.errors import Unavailable
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 
 class Controls:
@@ -24,7 +23,11 @@ class Controls:
     background task that the broker cancels when it closes."""
 
     def __init__(
-        self, redis: Redis | RedisCluster, hub: PubSubHub, keys: Keys, ttl: int,
+        self,
+        redis: Redis | RedisCluster,
+        hub: PubSubHub,
+        keys: Keys,
+        ttl: int,
         spawn: Callable[[Coroutine], None],
     ) -> None:
         self.redis = redis
@@ -54,6 +57,7 @@ class Controls:
         watchers.append(watcher)
         handler = self._handlers.get(run_id)
         if handler is None:
+
             def handler(data: bytes, run_id: str = run_id) -> None:
                 for w in self.watchers.get(run_id, ()):
                     w.deliver(data.decode())

@@ -6,15 +6,16 @@ it was down has been missed."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
+
+from agentserver.broker.redis.retry import BACKOFF_MAX, BACKOFF_MIN, RETRYABLE, backoff
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-
-from agentserver.broker.redis.retry import BACKOFF_MAX, BACKOFF_MIN, RETRYABLE, backoff
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +81,7 @@ class PubSubHub:
         try:
             await asyncio.wait_for(asyncio.shield(fut), SUBSCRIBE_WAIT_SECS)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             waiting = self.confirm.get(channel)

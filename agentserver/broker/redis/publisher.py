@@ -22,13 +22,13 @@ from itertools import islice
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 
 from agentserver.broker.base import DONE
 from agentserver.broker.redis import scripts
 from agentserver.broker.redis.keys import Keys
 from agentserver.broker.redis.retry import BACKOFF_MAX, BACKOFF_MIN, RETRYABLE, backoff
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 log = structlog.get_logger(__name__)
 
@@ -57,8 +57,23 @@ class PubState:
     """What this process publishes to one run."""
 
     __slots__ = (
-        "run_id", "key", "ckey", "token", "seq", "top", "pending", "pending_bytes", "kept",
-        "kept_bytes", "verify", "done_seq", "touched", "ready", "wakeup", "room", "finished",
+        "run_id",
+        "key",
+        "ckey",
+        "token",
+        "seq",
+        "top",
+        "pending",
+        "pending_bytes",
+        "kept",
+        "kept_bytes",
+        "verify",
+        "done_seq",
+        "touched",
+        "ready",
+        "wakeup",
+        "room",
+        "finished",
         "task",
     )
 
@@ -134,7 +149,9 @@ class PubState:
             self.pending.appendleft(item)
             self.pending_bytes += size
             moved += 1
-        log.warning("redis lost events of a run; writing them again", run_id=self.run_id, from_seq=top + 1, events=moved)
+        log.warning(
+            "redis lost events of a run; writing them again", run_id=self.run_id, from_seq=top + 1, events=moved
+        )
         self.top = top
 
     def rebase(self, top: int) -> None:
@@ -265,7 +282,10 @@ class Publisher:
                 if failures == 1 or failures % 50 == 0:
                     log.warning(
                         "redis publish failed; retrying",
-                        run_id=st.run_id, error=repr(exc), failures=failures, unwritten=len(st.pending),
+                        run_id=st.run_id,
+                        error=repr(exc),
+                        failures=failures,
+                        unwritten=len(st.pending),
                     )
                 await asyncio.sleep(backoff(delay))
                 delay = min(delay * 2, BACKOFF_MAX)

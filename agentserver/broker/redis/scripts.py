@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from agentserver.broker.redis.keys import seq_of
+from redis.exceptions import NoScriptError
 
 # KEYS: stream, control key. ARGV: expected top seq, ttl, maxlen, "1" if the batch holds the end
 # marker, writer token, then (seq, event, data) triples. Appends the batch only if the stream's

@@ -36,9 +36,7 @@ SELECT {ASSISTANT_COLS} FROM a
 """
 SQL_ASSISTANT_GET = f"SELECT {ASSISTANT_COLS} FROM assistants WHERE assistant_id = %s"
 SQL_ASSISTANT_GET_FOR_UPDATE = SQL_ASSISTANT_GET + " FOR UPDATE"
-SQL_ASSISTANT_NEXT_VERSION = (
-    "SELECT COALESCE(max(version), 0) + 1 AS v FROM assistant_versions WHERE assistant_id = %s"
-)
+SQL_ASSISTANT_NEXT_VERSION = "SELECT COALESCE(max(version), 0) + 1 AS v FROM assistant_versions WHERE assistant_id = %s"
 SQL_ASSISTANT_VERSION_INSERT = """
 INSERT INTO assistant_versions
     (assistant_id, version, graph_id, config, context, metadata, name, description, created_at)
@@ -131,15 +129,11 @@ class AssistantQueries(Db):
                 "assistant_id": assistant_id,
                 "version": version,
                 "graph_id": changes.get("graph_id") or current["graph_id"],
-                "config": json_param(
-                    changes["config"] if changes.get("config") is not None else current["config"]
-                ),
+                "config": json_param(changes["config"] if changes.get("config") is not None else current["config"]),
                 "context": json_param(changes["context"] if "context" in changes else current["context"]),
                 "metadata": json_param(merged),
                 "name": changes["name"] if "name" in changes else current["name"],
-                "description": (
-                    changes["description"] if "description" in changes else current["description"]
-                ),
+                "description": (changes["description"] if "description" in changes else current["description"]),
             }
             await cur.execute(SQL_ASSISTANT_VERSION_INSERT, fields)
             await cur.execute(SQL_ASSISTANT_UPDATE, fields)
@@ -183,9 +177,7 @@ class AssistantQueries(Db):
         return [assistant_record(r) for r in rows]
 
     async def assistant_set_latest(self, assistant_id: str, version: int) -> Record:
-        row = await self._one(
-            SQL_ASSISTANT_SET_LATEST, {"assistant_id": assistant_id, "version": version}
-        )
+        row = await self._one(SQL_ASSISTANT_SET_LATEST, {"assistant_id": assistant_id, "version": version})
         if row is None:
             if await self.assistant_get(assistant_id) is None:
                 raise NotFound(f"Assistant '{assistant_id}' not found")

@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncCursor
@@ -138,9 +139,7 @@ class PostgresCheckpointer(AsyncPostgresSaver):
                     await self._delete_checkpoints(cur, thread_id, ns, checkpoint_ids)
 
     @staticmethod
-    async def _delete_checkpoints(
-        cur: AsyncCursor, thread_id: str, ns: str, doomed: set[str]
-    ) -> None:
+    async def _delete_checkpoints(cur: AsyncCursor, thread_id: str, ns: str, doomed: set[str]) -> None:
         await cur.execute(SQL_CKPT_CHAIN, (thread_id, ns))
         chain = {r["checkpoint_id"]: r for r in await cur.fetchall()}
         survivors = [cid for cid in chain if cid not in doomed]

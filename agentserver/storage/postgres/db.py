@@ -4,7 +4,8 @@ optionally pipelined). `PostgresStorage` and its resource mixins all derive from
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row

@@ -105,9 +105,7 @@ async def migrate(
     raise Unavailable(f"The database is unavailable: {describe(last)}") from last
 
 
-async def _migrate_on(
-    conn: AsyncConnection, store_index: dict[str, Any] | None, lock_timeout: float
-) -> list[str]:
+async def _migrate_on(conn: AsyncConnection, store_index: dict[str, Any] | None, lock_timeout: float) -> list[str]:
     restore_autocommit = not conn.autocommit
     if restore_autocommit:
         await conn.set_autocommit(True)

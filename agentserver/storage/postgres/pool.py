@@ -24,11 +24,13 @@ import logging
 import random
 import time
 import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg import AsyncConnection, errors as pg_errors
+from psycopg import AsyncConnection
+from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
@@ -90,7 +92,7 @@ class PoolHealth:
     def __init__(self) -> None:
         self.pool: AsyncConnectionPool | None = None
         self.healthy = True
-        self._returned: "weakref.WeakKeyDictionary[AsyncConnection, float]" = weakref.WeakKeyDictionary()
+        self._returned: weakref.WeakKeyDictionary[AsyncConnection, float] = weakref.WeakKeyDictionary()
         self.waiters: set[asyncio.Timeout] = set()
         self._probe: asyncio.Task | None = None
 

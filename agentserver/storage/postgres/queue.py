@@ -18,8 +18,9 @@ Concurrency rules:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 from psycopg import AsyncCursor
 from psycopg import errors as pg_errors
@@ -82,7 +83,8 @@ FOR UPDATE
 # (rules.settled_status: busy while another run is in flight, else the given status; values and
 # interrupts mirrored when the end carries them; error set or cleared; TTL clock restarted).
 # No row: the fence did not hold.
-_FINISH_THREAD = """
+_FINISH_THREAD = (
+    """
 UPDATE threads SET
     status = CASE WHEN EXISTS (
         SELECT 1 FROM runs o WHERE o.thread_id = threads.thread_id
@@ -93,36 +95,51 @@ UPDATE threads SET
     state_updated_at = CASE WHEN %(set_values)s OR %(set_interrupts)s THEN now()
                             ELSE state_updated_at END,
     error = %(error)s::jsonb,
-    """ + TOUCH_THREAD + """
+    """
+    + TOUCH_THREAD
+    + """
 FROM r WHERE threads.thread_id = r.thread_id
 RETURNING threads.thread_id
 """
-SQL_FINISH_LEASED = """
+)
+SQL_FINISH_LEASED = (
+    """
 WITH r AS (
     UPDATE runs SET status = %(status)s, lease_expires_at = NULL, updated_at = now()
     WHERE run_id = %(run_id)s AND status = 'running' AND lease_id = %(lease_id)s
     RETURNING thread_id
 )
-""" + _FINISH_THREAD
-SQL_FINISH_PENDING = """
+"""
+    + _FINISH_THREAD
+)
+SQL_FINISH_PENDING = (
+    """
 WITH r AS (
     UPDATE runs SET status = %(status)s, updated_at = now()
     WHERE run_id = %(run_id)s AND status = 'pending'
     RETURNING thread_id
 )
-""" + _FINISH_THREAD
-SQL_FINISH_DELETE_LEASED = """
+"""
+    + _FINISH_THREAD
+)
+SQL_FINISH_DELETE_LEASED = (
+    """
 WITH r AS (
     DELETE FROM runs WHERE run_id = %(run_id)s AND status = 'running' AND lease_id = %(lease_id)s
     RETURNING thread_id
 )
-""" + _FINISH_THREAD
-SQL_FINISH_DELETE_PENDING = """
+"""
+    + _FINISH_THREAD
+)
+SQL_FINISH_DELETE_PENDING = (
+    """
 WITH r AS (
     DELETE FROM runs WHERE run_id = %(run_id)s AND status = 'pending'
     RETURNING thread_id
 )
-""" + _FINISH_THREAD
+"""
+    + _FINISH_THREAD
+)
 SQL_REQUEUE = """
 UPDATE runs SET status = 'pending', available_at = now() + %(delay)s * interval '1 second',
     lease_id = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
@@ -144,9 +161,7 @@ RETURNING {RUN_COLS}
 SQL_NEXT_WAKEUP = """
 SELECT min(available_at) AS at FROM runs WHERE status = 'pending' AND available_at > now()
 """
-SQL_THREAD_LOCK_MANY = (
-    "SELECT thread_id FROM threads WHERE thread_id = ANY(%s) ORDER BY thread_id FOR UPDATE"
-)
+SQL_THREAD_LOCK_MANY = "SELECT thread_id FROM threads WHERE thread_id = ANY(%s) ORDER BY thread_id FOR UPDATE"
 # fail_exhausted, per failed run: settle its thread (rules.settled_status; the error is
 # rules.retries_exhausted_error, no values/interrupts to mirror).
 SQL_THREADS_AFTER_EXHAUSTED = f"""
@@ -171,9 +186,7 @@ def claim_conflict(exc: BaseException) -> bool:
 class QueueQueries(Db):
     """The queue methods of `PostgresStorage` used by the workers."""
 
-    async def claim_runs(
-        self, worker_id: str, limit: int, lease_secs: float, max_attempts: int
-    ) -> list[Claimed]:
+    async def claim_runs(self, worker_id: str, limit: int, lease_secs: float, max_attempts: int) -> list[Claimed]:
         if limit <= 0:
             return []
         params = {
@@ -186,9 +199,7 @@ class QueueQueries(Db):
         runs = sorted((run_record(r) for r in rows), key=lambda r: (r["created_at"], r["run_id"]))
         return [Claimed(run=r, lease_id=r["lease_id"], attempt=r["attempt"]) for r in runs]
 
-    async def renew_leases(
-        self, worker_id: str, lease_ids: Sequence[str], lease_secs: float
-    ) -> set[str]:
+    async def renew_leases(self, worker_id: str, lease_ids: Sequence[str], lease_secs: float) -> set[str]:
         wanted = {str(i): uuid_or_none(i) for i in lease_ids}
         valid = [u for u in wanted.values() if u is not None]
         if not valid:
@@ -233,9 +244,7 @@ class QueueQueries(Db):
         lease = uuid_or_none(lease_id)
         if lease is None:
             return False
-        row = await self._one(
-            SQL_REQUEUE, {"run_id": run_id, "lease_id": lease, "delay": max(0.0, float(delay_secs))}
-        )
+        row = await self._one(SQL_REQUEUE, {"run_id": run_id, "lease_id": lease, "delay": max(0.0, float(delay_secs))})
         return row is not None
 
     async def fail_exhausted(self, max_attempts: int) -> list[Record]:

@@ -4,7 +4,7 @@ built from, and the conversions between records (dicts of wire fields) and rows/
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -13,10 +13,7 @@ from agentserver.storage.base import Record
 from agentserver.utils import dumps
 
 # ---- SQL shared by several resource modules --------------------------------------------------
-ASSISTANT_COLS = (
-    "assistant_id, graph_id, config, context, metadata, name, description, version, "
-    "created_at, updated_at"
-)
+ASSISTANT_COLS = "assistant_id, graph_id, config, context, metadata, name, description, version, created_at, updated_at"
 THREAD_COLS = (
     'thread_id, created_at, updated_at, state_updated_at, metadata, status, config, "values", '
     "interrupts, error, ttl_strategy, ttl_minutes, expires_at"
@@ -85,8 +82,8 @@ def utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _minutes(value: float | None) -> int | float | None:

@@ -123,9 +123,7 @@ class RunQueries(Db):
         run_params["list_inflight"] = strategy in ("interrupt", "rollback")
         # What running the graph adds to the thread's metadata.
         run_params["extra"] = json_param(rules.thread_graph_metadata(run, thread))
-        ensure = (
-            thread_params(thread_id, thread or {}) if if_not_exists == "create" else None
-        )
+        ensure = thread_params(thread_id, thread or {}) if if_not_exists == "create" else None
 
         async def q(cur: AsyncCursor) -> CreateRunResult:
             if ensure is not None:
@@ -157,9 +155,7 @@ class RunQueries(Db):
             row = await self._one(SQL_RUN_GET_IN_THREAD, (run_id, thread_id))
         return run_record(row) if row else None
 
-    async def run_list(
-        self, thread_id: str, *, status: str | None, limit: int, offset: int
-    ) -> list[Record]:
+    async def run_list(self, thread_id: str, *, status: str | None, limit: int, offset: int) -> list[Record]:
         sql = SQL_RUN_LIST.format(status="AND status = %(status)s" if status else "")
         rows = await self._all(
             sql,
@@ -189,8 +185,6 @@ class RunQueries(Db):
 
     async def run_inflight(self, *, thread_id: str | None = None, status: str = "all") -> list[Record]:
         statuses = {"pending": "'pending'", "running": "'running'"}.get(status, "'pending', 'running'")
-        sql = SQL_RUNS_INFLIGHT.format(
-            statuses=statuses, thread="AND thread_id = %(thread_id)s" if thread_id else ""
-        )
+        sql = SQL_RUNS_INFLIGHT.format(statuses=statuses, thread="AND thread_id = %(thread_id)s" if thread_id else "")
         rows = await self._all(sql, {"thread_id": thread_id})
         return [run_record(r) for r in rows]

@@ -82,9 +82,7 @@ class PostgresStorage(AssistantQueries, ThreadQueries, RunQueries, QueueQueries,
         """For BG_JOB_ISOLATED_LOOPS, called on a job loop: a pool of `pool_size` connections
         bound to that loop, with a checkpointer and a store on it. Returns
         (checkpointer, store, aclose)."""
-        pool = create_pool(
-            self.uri, max_size=pool_size, min_size=0, name="agentserver-job-loop"
-        )
+        pool = create_pool(self.uri, max_size=pool_size, min_size=0, name="agentserver-job-loop")
         await pool.open(wait=False)
         checkpointer = PostgresCheckpointer(pool)
         store = AsyncPostgresStore(pool, index=self._store_index, ttl=self._store_ttl)
@@ -95,7 +93,7 @@ class PostgresStorage(AssistantQueries, ThreadQueries, RunQueries, QueueQueries,
 
         return checkpointer, store, aclose
 
-    async def __aenter__(self) -> "PostgresStorage":
+    async def __aenter__(self) -> PostgresStorage:
         await self.setup()
         return self
 

@@ -96,9 +96,7 @@ class ThreadQueries(Db):
         row = await self._one(SQL_THREAD_GET, (thread_id,))
         return thread_record(row) if row else None
 
-    async def thread_update(
-        self, thread_id: str, *, metadata: dict | None = None, ttl: Record | None = None
-    ) -> Record:
+    async def thread_update(self, thread_id: str, *, metadata: dict | None = None, ttl: Record | None = None) -> Record:
         strategy, minutes = ttl_param(ttl)
         row = await self._one(
             SQL_THREAD_UPDATE,
@@ -147,9 +145,7 @@ class ThreadQueries(Db):
             where.append("status = %(status)s")
             params["status"] = query.status
         order = order_by(THREAD_SORTS.get(query.sort_by, THREAD_SORTS["created_at"]), query.sort_order)
-        rows, total = await search_page(
-            self, "threads", THREAD_COLS, where, params, order, query.limit, query.offset
-        )
+        rows, total = await search_page(self, "threads", THREAD_COLS, where, params, order, query.limit, query.offset)
         return [thread_record(r) for r in rows], total
 
     async def thread_expired(self, now: datetime, limit: int = 100) -> list[tuple[str, str]]:

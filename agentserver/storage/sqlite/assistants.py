@@ -24,9 +24,7 @@ SORTS = {"assistant_id", "graph_id", "name", "created_at", "updated_at"}
 
 
 def get(conn: sqlite3.Connection, assistant_id: str) -> Record | None:
-    row = conn.execute(
-        f"SELECT {ASSISTANT_COLS} FROM assistants WHERE assistant_id = ?", (assistant_id,)
-    ).fetchone()
+    row = conn.execute(f"SELECT {ASSISTANT_COLS} FROM assistants WHERE assistant_id = ?", (assistant_id,)).fetchone()
     return assistant_row(row) if row else None
 
 
@@ -117,8 +115,7 @@ def search(conn: sqlite3.Connection, q: AssistantQuery) -> tuple[list[Record], i
     tiebreak = "" if sort == "assistant_id" else f", assistant_id {order}"
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     rows = conn.execute(
-        f"SELECT {ASSISTANT_COLS} FROM assistants{clause} "
-        f"ORDER BY {sort} {order}{tiebreak} LIMIT ? OFFSET ?",
+        f"SELECT {ASSISTANT_COLS} FROM assistants{clause} ORDER BY {sort} {order}{tiebreak} LIMIT ? OFFSET ?",
         (*params, max(0, int(q.limit)), max(0, int(q.offset))),
     ).fetchall()
     if where:

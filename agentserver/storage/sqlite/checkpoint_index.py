@@ -35,8 +35,14 @@ class CheckpointIndex:
         self.run_writes: defaultdict[str, set[WriteKey]] = defaultdict(set)
 
     def clear(self) -> None:
-        for d in (self.thread_writes, self.thread_blobs, self.ckpt_run, self.run_ckpts,
-                  self.write_run, self.run_writes):
+        for d in (
+            self.thread_writes,
+            self.thread_blobs,
+            self.ckpt_run,
+            self.run_ckpts,
+            self.write_run,
+            self.run_writes,
+        ):
             d.clear()
 
     def set_ckpt_run(self, key: CkptKey, run_id: str | None) -> None:
@@ -242,7 +248,8 @@ class CheckpointRemovals:
                 self._delete_checkpoints(thread_id, checkpoint_ns, unkept, ops, splice=False)
             # pending writes of deleted checkpoints that had no checkpoint of their own
             for outer in [
-                o for o in self._ix.thread_writes.get(thread_id, ())
+                o
+                for o in self._ix.thread_writes.get(thread_id, ())
                 if o[1] == checkpoint_ns and o[2] not in kept[checkpoint_ns]
             ]:
                 for inner in list(self.writes.get(outer, {})):

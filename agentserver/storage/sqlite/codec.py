@@ -9,22 +9,17 @@ are the order every `SELECT` of a whole row uses, and the decoders read rows in 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agentserver.storage.base import Record
 from agentserver.utils import dumps, loads
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
-ASSISTANT_COLS = (
-    "assistant_id, graph_id, config, context, metadata, name, description, version, "
-    "created_at, updated_at"
-)
-VERSION_COLS = (
-    "assistant_id, graph_id, config, context, metadata, name, description, version, created_at"
-)
+ASSISTANT_COLS = "assistant_id, graph_id, config, context, metadata, name, description, version, created_at, updated_at"
+VERSION_COLS = "assistant_id, graph_id, config, context, metadata, name, description, version, created_at"
 THREAD_COLS = (
     "thread_id, created_at, updated_at, state_updated_at, metadata, status, config, vals, "
     "interrupts, error, ttl, expires_at"
@@ -40,7 +35,7 @@ def ts(at: datetime | None) -> int | None:
     if at is None:
         return None
     if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
+        at = at.replace(tzinfo=UTC)
     return (at - _EPOCH) // _US
 
 

@@ -85,13 +85,9 @@ CREATE TABLE IF NOT EXISTS checkpoint_writes (
 
 # Journal entry kinds -> the statements that apply one entry (run with executemany per group).
 _SQL: dict[str, tuple[str, ...]] = {
-    "ckpt": (
-        "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    ),
+    "ckpt": ("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",),
     "blob": ("INSERT OR REPLACE INTO checkpoint_blobs VALUES (?, ?, ?, ?, ?, ?)",),
-    "write": (
-        "INSERT OR REPLACE INTO checkpoint_writes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    ),
+    "write": ("INSERT OR REPLACE INTO checkpoint_writes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",),
     "del_thread": (
         "DELETE FROM checkpoints WHERE thread_id = ?",
         "DELETE FROM checkpoint_blobs WHERE thread_id = ?",
@@ -99,16 +95,14 @@ _SQL: dict[str, tuple[str, ...]] = {
     ),
     "del_ckpt": (
         "DELETE FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
-        "DELETE FROM checkpoint_writes "
-        "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
+        "DELETE FROM checkpoint_writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
     ),
     "del_write": (
         "DELETE FROM checkpoint_writes WHERE thread_id = ? AND checkpoint_ns = ? "
         "AND checkpoint_id = ? AND task_id = ? AND idx = ?",
     ),
     "del_blob": (
-        "DELETE FROM checkpoint_blobs "
-        "WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ? AND version = ?",
+        "DELETE FROM checkpoint_blobs WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ? AND version = ?",
     ),
     "set_parent": (
         "UPDATE checkpoints SET parent_checkpoint_id = ? "
@@ -183,9 +177,7 @@ class Journal:
         with self._cond:
             self._state = "open"
             self._error = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"checkpoint-writer:{self.path.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"checkpoint-writer:{self.path.name}", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -209,9 +201,7 @@ class Journal:
             self._conn = None
         self._release_lock()
         if failed:
-            logger.error(
-                "checkpointer closed with %d journal entries not persisted: %r", len(failed), error
-            )
+            logger.error("checkpointer closed with %d journal entries not persisted: %r", len(failed), error)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -231,9 +221,7 @@ class Journal:
             return
         with self._cond:
             if self._state != "open":
-                raise CheckpointerClosed(
-                    "DurableMemorySaver is not open: call setup()/asetup() before use"
-                )
+                raise CheckpointerClosed("DurableMemorySaver is not open: call setup()/asetup() before use")
             self._queue.extend(ops)
             self._enqueued += len(ops)
             self._cond.notify_all()
@@ -264,9 +252,7 @@ class Journal:
             self._cond.notify_all()
             try:
                 self._cond.wait_for(
-                    lambda: self._committed >= target
-                    or self._state != "open"
-                    or self._error is not None,
+                    lambda: self._committed >= target or self._state != "open" or self._error is not None,
                     timeout,
                 )
             finally:
@@ -289,17 +275,11 @@ class Journal:
                     self._cond.wait()
                 if not self._queue:
                     return  # closing and drained
-                if (
-                    not self._waiters
-                    and not self._sync_waiters
-                    and self._state == "open"
-                    and self.linger > 0
-                ):
+                if not self._waiters and not self._sync_waiters and self._state == "open" and self.linger > 0:
                     # Nobody waits for durability yet: let more entries gather so that one
                     # commit carries them all. A flush (or close) cuts the wait short.
                     self._cond.wait_for(
-                        lambda: bool(self._waiters or self._sync_waiters)
-                        or self._state != "open",
+                        lambda: bool(self._waiters or self._sync_waiters) or self._state != "open",
                         self.linger,
                     )
                 batch = self._queue

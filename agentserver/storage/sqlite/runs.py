@@ -52,8 +52,7 @@ def _inflight_of(conn: sqlite3.Connection, thread_id: str, exclude: str | None =
 def _has_inflight(conn: sqlite3.Connection, thread_id: str, exclude: str) -> bool:
     return (
         conn.execute(
-            "SELECT 1 FROM runs WHERE thread_id = ? AND status IN ('pending', 'running') "
-            "AND run_id <> ? LIMIT 1",
+            "SELECT 1 FROM runs WHERE thread_id = ? AND status IN ('pending', 'running') AND run_id <> ? LIMIT 1",
             (thread_id, exclude),
         ).fetchone()
         is not None
@@ -69,9 +68,7 @@ def create(
 ) -> CreateRunResult:
     thread_id = run["thread_id"]
     at = now()
-    row = conn.execute(
-        "SELECT metadata, ttl FROM threads WHERE thread_id = ?", (thread_id,)
-    ).fetchone()
+    row = conn.execute("SELECT metadata, ttl FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
     created_thread = row is None
     if created_thread:
         if if_not_exists != "create":
@@ -83,9 +80,7 @@ def create(
             {**(thread or {}), "thread_id": thread_id, "status": "busy", "metadata": metadata},
             at,
         )
-        row = conn.execute(
-            "SELECT metadata, ttl FROM threads WHERE thread_id = ?", (thread_id,)
-        ).fetchone()
+        row = conn.execute("SELECT metadata, ttl FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
     to_cancel: list[Record] = []
     if not created_thread:
         inflight = _inflight_of(conn, thread_id)
@@ -96,8 +91,7 @@ def create(
     created = run.get("created_at") or at
     try:
         conn.execute(
-            f"INSERT INTO runs ({RUN_COLS}) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, 0, ?, "
-            "NULL, NULL, NULL)",
+            f"INSERT INTO runs ({RUN_COLS}) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, 0, ?, NULL, NULL, NULL)",
             (
                 run["run_id"],
                 thread_id,
@@ -116,16 +110,13 @@ def create(
     metadata.update(rules.thread_graph_metadata(run, thread))
     ttl = load(row[1])
     conn.execute(
-        "UPDATE threads SET status = 'busy', metadata = ?, updated_at = ?, expires_at = ? "
-        "WHERE thread_id = ?",
+        "UPDATE threads SET status = 'busy', metadata = ?, updated_at = ?, expires_at = ? WHERE thread_id = ?",
         (js(metadata), ts(at), expires(ttl, at), thread_id),
     )
     return CreateRunResult(run=get(conn, run["run_id"]), to_cancel=to_cancel)  # type: ignore[arg-type]
 
 
-def list_runs(
-    conn: sqlite3.Connection, thread_id: str, status: str | None, limit: int, offset: int
-) -> list[Record]:
+def list_runs(conn: sqlite3.Connection, thread_id: str, status: str | None, limit: int, offset: int) -> list[Record]:
     if status is None:
         sql = f"SELECT {RUN_COLS} FROM runs WHERE thread_id = ? "
         params: tuple = (thread_id,)
@@ -146,8 +137,7 @@ def delete(conn: sqlite3.Connection, run_id: str, thread_id: str | None) -> bool
     conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
     if run["status"] in ("pending", "running") and not _has_inflight(conn, run["thread_id"], run_id):
         conn.execute(
-            "UPDATE threads SET status = 'idle', updated_at = ? "
-            "WHERE thread_id = ? AND status = 'busy'",
+            "UPDATE threads SET status = 'idle', updated_at = ? WHERE thread_id = ? AND status = 'busy'",
             (ts(now()), run["thread_id"]),
         )
     return True
@@ -194,14 +184,10 @@ _CLAIMABLE = """
 """
 
 
-def claim(
-    conn: sqlite3.Connection, worker_id: str, limit: int, lease_secs: float, max_attempts: int
-) -> list[Claimed]:
+def claim(conn: sqlite3.Connection, worker_id: str, limit: int, lease_secs: float, max_attempts: int) -> list[Claimed]:
     at = now()
     now_ts = ts(at)
-    rows = conn.execute(
-        _CLAIMABLE, {"now": now_ts, "max": int(max_attempts), "limit": int(limit)}
-    ).fetchall()
+    rows = conn.execute(_CLAIMABLE, {"now": now_ts, "max": int(max_attempts), "limit": int(limit)}).fetchall()
     lease_expires = ts(at + timedelta(seconds=float(lease_secs)))
     claimed: list[Claimed] = []
     for run_id, attempt in rows:
@@ -232,9 +218,7 @@ def renew_leases(conn: sqlite3.Connection, worker_id: str, wanted: set[str], lea
 
 def finish(conn: sqlite3.Connection, run_id: str, lease_id: str | None, end: RunEnd) -> bool:
     """Fenced: only if `lease_id` still holds the run (None: a pending run being cancelled)."""
-    row = conn.execute(
-        "SELECT thread_id, status, lease_id FROM runs WHERE run_id = ?", (run_id,)
-    ).fetchone()
+    row = conn.execute("SELECT thread_id, status, lease_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     if row is None:
         return False
     thread_id, status, held = row
@@ -287,8 +271,7 @@ def fail_exhausted(conn: sqlite3.Connection, max_attempts: int) -> list[Record]:
     failed: list[Record] = []
     for run_id, thread_id, attempt in rows:
         conn.execute(
-            "UPDATE runs SET status = 'error', updated_at = ?, lease_expires_at = NULL "
-            "WHERE run_id = ?",
+            "UPDATE runs SET status = 'error', updated_at = ?, lease_expires_at = NULL WHERE run_id = ?",
             (now_ts, run_id),
         )
         threads.settle(

@@ -173,9 +173,7 @@ class DurableMemorySaver(CheckpointRemovals, InMemorySaver):
                             continue
                         if before_cid and checkpoint_id >= before_cid:
                             continue
-                        candidates.append(
-                            (thread_id, checkpoint_ns, checkpoint_id, checkpoints[checkpoint_id])
-                        )
+                        candidates.append((thread_id, checkpoint_ns, checkpoint_id, checkpoints[checkpoint_id]))
         for thread_id, checkpoint_ns, checkpoint_id, (ckpt, meta, parent_id) in candidates:
             if limit is not None and limit <= 0:
                 break
@@ -275,8 +273,17 @@ class DurableMemorySaver(CheckpointRemovals, InMemorySaver):
             ops.append(
                 (
                     "ckpt",
-                    (thread_id, checkpoint_ns, checkpoint_id, parent_id, ckpt_typed[0],
-                     ckpt_typed[1], meta_typed[0], meta_typed[1], run_id),
+                    (
+                        thread_id,
+                        checkpoint_ns,
+                        checkpoint_id,
+                        parent_id,
+                        ckpt_typed[0],
+                        ckpt_typed[1],
+                        meta_typed[0],
+                        meta_typed[1],
+                        run_id,
+                    ),
                 )
             )
             self._journal.enqueue(ops)
@@ -318,8 +325,18 @@ class DurableMemorySaver(CheckpointRemovals, InMemorySaver):
                 ops.append(
                     (
                         "write",
-                        (thread_id, checkpoint_ns, checkpoint_id, task_id, inner[1], channel,
-                         typed[0], typed[1], task_path, run_id),
+                        (
+                            thread_id,
+                            checkpoint_ns,
+                            checkpoint_id,
+                            task_id,
+                            inner[1],
+                            channel,
+                            typed[0],
+                            typed[1],
+                            task_path,
+                            run_id,
+                        ),
                     )
                 )
             self._journal.enqueue(ops)
@@ -380,8 +397,17 @@ class DurableMemorySaver(CheckpointRemovals, InMemorySaver):
                     ops.append(
                         (
                             "ckpt",
-                            (dst, checkpoint_ns, checkpoint_id, parent_id, ckpt_typed[0],
-                             ckpt_typed[1], meta_typed[0], meta_typed[1], run_id),
+                            (
+                                dst,
+                                checkpoint_ns,
+                                checkpoint_id,
+                                parent_id,
+                                ckpt_typed[0],
+                                ckpt_typed[1],
+                                meta_typed[0],
+                                meta_typed[1],
+                                run_id,
+                            ),
                         )
                     )
             for outer in list(self._ix.thread_writes.get(src, ())):
@@ -397,8 +423,18 @@ class DurableMemorySaver(CheckpointRemovals, InMemorySaver):
                     ops.append(
                         (
                             "write",
-                            (dst, outer[1], outer[2], inner[0], inner[1], channel, typed[0],
-                             typed[1], task_path, run_id),
+                            (
+                                dst,
+                                outer[1],
+                                outer[2],
+                                inner[0],
+                                inner[1],
+                                channel,
+                                typed[0],
+                                typed[1],
+                                task_path,
+                                run_id,
+                            ),
                         )
                     )
                 self._ix.thread_writes[dst].add(new_outer)

@@ -49,9 +49,7 @@ def statements(script: str) -> list[str]:
         if ch == ";" and sqlite3.complete_statement(script[start : i + 1]):
             out.append(script[start : i + 1])
             start = i + 1
-    rest = "\n".join(
-        line for line in script[start:].splitlines() if line.strip() and not line.strip().startswith("--")
-    )
+    rest = "\n".join(line for line in script[start:].splitlines() if line.strip() and not line.strip().startswith("--"))
     if rest:
         raise MigrationError(f"unterminated statement at the end of a migration: {rest[:80]!r}")
     return out
@@ -65,8 +63,7 @@ def _baseline(conn: sqlite3.Connection, files: list[Migration]) -> list[Migratio
     (legacy,) = conn.execute("PRAGMA user_version").fetchone()
     if legacy > max(_LEGACY_BASELINE):
         raise MigrationError(
-            f"the database has schema version {legacy} but no record of its migrations: "
-            "it was made by a newer release"
+            f"the database has schema version {legacy} but no record of its migrations: it was made by a newer release"
         )
     last = _LEGACY_BASELINE.get(legacy)
     if last is None or not {"thread_meta", "thread_meta_counts"} <= tables:

@@ -35,13 +35,9 @@ def json_contains(doc: Any, filt: Any) -> bool:
     filter present with a contained value; arrays: every filter element contained in some
     element; scalars: equal, with booleans never equal to numbers."""
     if isinstance(filt, dict):
-        return isinstance(doc, dict) and all(
-            k in doc and json_contains(doc[k], v) for k, v in filt.items()
-        )
+        return isinstance(doc, dict) and all(k in doc and json_contains(doc[k], v) for k, v in filt.items())
     if isinstance(filt, (list, tuple)):
-        return isinstance(doc, list) and all(
-            any(json_contains(d, f) for d in doc) for f in filt
-        )
+        return isinstance(doc, list) and all(any(json_contains(d, f) for d in doc) for f in filt)
     if isinstance(filt, bool) or isinstance(doc, bool):
         return isinstance(doc, bool) and isinstance(filt, bool) and doc == filt
     if isinstance(filt, (int, float)):
@@ -144,9 +140,7 @@ def _split_metadata(filt: dict[str, Any] | None) -> tuple[list[_MetaTerm], dict[
 
 
 def _term_count(conn: sqlite3.Connection, term: _MetaTerm) -> int:
-    row = conn.execute(
-        "SELECT n FROM thread_meta_counts WHERE key = ? AND kind = ? AND value = ?", term
-    ).fetchone()
+    row = conn.execute("SELECT n FROM thread_meta_counts WHERE key = ? AND kind = ? AND value = ?", term).fetchone()
     return row[0] if row else 0
 
 
@@ -192,7 +186,7 @@ def thread_search_plan(conn: sqlite3.Connection, q: ThreadQuery) -> SearchPlan:
         if min(counts) == 0 or status_n == 0:
             return SearchPlan("SELECT NULL AS thread_id WHERE 0", [], None, [], 0)
         # a term every thread matches (graph_id with one graph) filters nothing
-        kept = [(n, t) for n, t in zip(counts, terms) if n < all_threads]
+        kept = [(n, t) for n, t in zip(counts, terms, strict=False) if n < all_threads]
         terms = [t for _, t in kept]
         if kept and q.ids is None:
             driver_n, driver = min(kept, key=lambda nt: nt[0])
@@ -204,9 +198,7 @@ def thread_search_plan(conn: sqlite3.Connection, q: ThreadQuery) -> SearchPlan:
         params: list[Any] = []
         where: list[str] = []
         if driver is not None:
-            need_t = bool(rest or q.values) or (
-                not for_count and sort not in ("created_at", "thread_id")
-            )
+            need_t = bool(rest or q.values) or (not for_count and sort not in ("created_at", "thread_id"))
             source = "thread_meta AS m"
             if need_t:  # CROSS JOIN: m stays the outer loop
                 source += " CROSS JOIN threads AS t ON t.thread_id = m.thread_id"
@@ -267,6 +259,4 @@ def thread_search_plan(conn: sqlite3.Connection, q: ThreadQuery) -> SearchPlan:
         if len(terms) == 1 and q.status is None:
             return SearchPlan(page_sql, page_params, None, [], driver_n)
     count_source, count_params, _, _ = plan(True)
-    return SearchPlan(
-        page_sql, page_params, f"SELECT count(*) FROM {count_source}", count_params, None
-    )
+    return SearchPlan(page_sql, page_params, f"SELECT count(*) FROM {count_source}", count_params, None)

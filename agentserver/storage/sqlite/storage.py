@@ -24,10 +24,11 @@ import asyncio
 import functools
 import os
 import sqlite3
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.store.base import BaseStore
@@ -260,9 +261,7 @@ class EmbeddedStorage(Storage):
     async def thread_get(self, thread_id: str) -> Record | None:
         return await self._read(threads.get, thread_id)
 
-    async def thread_update(
-        self, thread_id: str, *, metadata: dict | None = None, ttl: Record | None = None
-    ) -> Record:
+    async def thread_update(self, thread_id: str, *, metadata: dict | None = None, ttl: Record | None = None) -> Record:
         return await self._write(threads.update, thread_id, metadata, ttl)
 
     async def thread_set_state(
@@ -293,9 +292,7 @@ class EmbeddedStorage(Storage):
     async def run_get(self, run_id: str, thread_id: str | None = None) -> Record | None:
         return await self._read(runs.get, run_id, thread_id)
 
-    async def run_list(
-        self, thread_id: str, *, status: str | None, limit: int, offset: int
-    ) -> list[Record]:
+    async def run_list(self, thread_id: str, *, status: str | None, limit: int, offset: int) -> list[Record]:
         return await self._read(runs.list_runs, thread_id, status, limit, offset)
 
     async def run_delete(self, run_id: str, thread_id: str | None = None) -> bool:
@@ -304,9 +301,7 @@ class EmbeddedStorage(Storage):
     async def run_inflight(self, *, thread_id: str | None = None, status: str = "all") -> list[Record]:
         return await self._read(runs.inflight, thread_id, status)
 
-    async def claim_runs(
-        self, worker_id: str, limit: int, lease_secs: float, max_attempts: int
-    ) -> list[Claimed]:
+    async def claim_runs(self, worker_id: str, limit: int, lease_secs: float, max_attempts: int) -> list[Claimed]:
         if limit <= 0:
             return []
         return await self._write(runs.claim, worker_id, limit, lease_secs, max_attempts)

@@ -26,15 +26,12 @@ from agentserver.utils import loads, now
 
 # `expires_at` of a thread written at `?`: its TTL clock restarts.
 _RESTART_TTL = (
-    "expires_at = CASE WHEN ttl IS NULL THEN NULL "
-    "ELSE ? + CAST(json_extract(ttl, '$.ttl') * 60000000 AS INTEGER) END"
+    "expires_at = CASE WHEN ttl IS NULL THEN NULL ELSE ? + CAST(json_extract(ttl, '$.ttl') * 60000000 AS INTEGER) END"
 )
 
 
 def get(conn: sqlite3.Connection, thread_id: str) -> Record | None:
-    row = conn.execute(
-        f"SELECT {THREAD_COLS} FROM threads WHERE thread_id = ?", (thread_id,)
-    ).fetchone()
+    row = conn.execute(f"SELECT {THREAD_COLS} FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
     return thread_row(row) if row else None
 
 
@@ -72,17 +69,14 @@ def create(conn: sqlite3.Connection, t: Record, if_exists: str) -> Record:
 
 
 def update(conn: sqlite3.Connection, thread_id: str, metadata: dict | None, ttl: Record | None) -> Record:
-    row = conn.execute(
-        "SELECT metadata, ttl FROM threads WHERE thread_id = ?", (thread_id,)
-    ).fetchone()
+    row = conn.execute("SELECT metadata, ttl FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
     if row is None:
         raise NotFound(f"Thread {thread_id} not found")
     merged = {**loads(row[0]), **(metadata or {})}
     new_ttl = normalize_ttl(ttl) if ttl is not None else load(row[1])
     at = now()
     conn.execute(
-        "UPDATE threads SET metadata = ?, ttl = ?, expires_at = ?, updated_at = ? "
-        "WHERE thread_id = ?",
+        "UPDATE threads SET metadata = ?, ttl = ?, expires_at = ?, updated_at = ? WHERE thread_id = ?",
         (js(merged), js_or_null(new_ttl), expires(new_ttl, at), ts(at), thread_id),
     )
     return get(conn, thread_id)  # type: ignore[return-value]
