@@ -168,6 +168,7 @@ def _main(args: argparse.Namespace) -> None:
     from agentserver import runtime as rt_mod
 
     if args.command == "dev":
+        assert data_dir is not None  # set above for `dev`
         log.info(f"data directory: {data_dir}")
         rt = rt_mod.build_embedded(settings, graphs, data_dir)
     elif args.command == "serve":
@@ -178,6 +179,7 @@ def _main(args: argparse.Namespace) -> None:
     if args.command == "worker":
         _run(_run_worker(rt, sock, _url(host, args.port) + "/ok" if sock is not None else None))
     else:
+        assert sock is not None  # `dev` and `serve` always have a --port (default 2024)
         _run(_serve_http(rt, sock, _url(host, args.port)))
 
 

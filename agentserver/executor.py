@@ -55,7 +55,7 @@ are yielded, before resuming the generator.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -122,7 +122,7 @@ def _plan(run: RunSpec) -> tuple[list[str], frozenset[str], bool, bool, bool, bo
 
 async def _events_source(
     graph: Any, graph_input: Any, config: Any, kwargs: dict[str, Any], subgraphs: bool
-) -> AsyncIterator[tuple]:
+) -> AsyncGenerator[tuple, None]:
     """``astream_events`` reshaped like ``astream``'s output, other events under ``_EVENTS``."""
     root_id = None
     async with aclosing(graph.astream_events(graph_input, config, version="v2", **kwargs)) as events:

@@ -173,7 +173,7 @@ class GraphRegistry:
     async def graph(
         self,
         graph_id: str,
-        config: RunnableConfig | None = None,
+        config: Mapping[str, Any] | None = None,
         *,
         access: AccessContext = INTROSPECT,
         checkpointer: Any = None,
@@ -194,7 +194,9 @@ class GraphRegistry:
             built = await self._build(entry, config, runtime, stack)
             yield _attach(built, checkpointer, store)
 
-    async def _build(self, entry: _Entry, config: RunnableConfig | None, runtime: Any, stack: AsyncExitStack) -> Pregel:
+    async def _build(
+        self, entry: _Entry, config: Mapping[str, Any] | None, runtime: Any, stack: AsyncExitStack
+    ) -> Pregel:
         assert entry.factory is not None and entry.call is not None
         run_config: dict[str, Any] = dict(config or {})
         run_config["configurable"] = dict(run_config.get("configurable") or {})
@@ -240,7 +242,7 @@ class GraphRegistry:
             return await asyncio.to_thread(_drawable_json, graph, config, xray)
 
     async def schemas(
-        self, graph_id: str, config: RunnableConfig | None = None, *, store: Any = None
+        self, graph_id: str, config: Mapping[str, Any] | None = None, *, store: Any = None
     ) -> dict[str, Any]:
         """JSON schemas of the graph: graph_id, input_schema, output_schema, state_schema,
         config_schema, context_schema (each None when it cannot be produced)."""
@@ -250,7 +252,7 @@ class GraphRegistry:
     async def subgraphs(
         self,
         graph_id: str,
-        config: RunnableConfig | None = None,
+        config: Mapping[str, Any] | None = None,
         *,
         namespace: str | None = None,
         recurse: bool = False,
@@ -498,7 +500,7 @@ def _state_jsonschema(graph: Any) -> dict[str, Any] | None:
         except Exception:  # noqa: BLE001 - unknown types become "any"
             typ = Any
         fields[name] = typ
-    state = TypedDict(graph.get_name("State"), fields, total=False)  # type: ignore[operator]
+    state = TypedDict(graph.get_name("State"), fields, total=False)  # type: ignore[misc]  # built at runtime from the channels
     return TypeAdapter(state).json_schema()
 
 

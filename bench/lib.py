@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TEST_GRAPHS = ROOT / "tests" / "graphs" / "langgraph.json"
+from tests.harness import TEST_GRAPHS, agentserver_args, free_port  # noqa: E402 - the harness the tests use
+
 OFFICIAL_VENV = Path(os.environ.get("BENCH_OFFICIAL_VENV", "/tmp/official"))
 
 perf = time.perf_counter
@@ -703,12 +704,6 @@ def op_stream_custom(n_events: int, thread_ids: Sequence[str] | None = None) -> 
 # Processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pin_self(cpus: str | None) -> None:
     """Pin this process (the load generator) to the given CPU list, e.g. "1"."""
     if cpus is None or not hasattr(os, "sched_setaffinity"):
@@ -911,8 +906,7 @@ def ours_dev(
     port = free_port()
     owned = data_dir is None
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="bench-data-"))
-    args = [sys.executable, "-m", "agentserver", "dev", "--config", str(config),
-            "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
+    args = agentserver_args("dev", config, port=port, data_dir=data_dir)
     svc = Service("agentserver-dev", args, port=port, env=our_env(env), cpus=cpus)
     if owned:
         svc.cleanup_paths.append(data_dir)
@@ -921,15 +915,13 @@ def ours_dev(
 
 def ours_serve(*, env: dict[str, str], cpus: str | None = None, config: Path = TEST_GRAPHS) -> Service:
     port = free_port()
-    args = [sys.executable, "-m", "agentserver", "serve", "--config", str(config),
-            "--host", "127.0.0.1", "--port", str(port)]
+    args = agentserver_args("serve", config, port=port)
     return Service("agentserver-serve", args, port=port, env=our_env(env), cpus=cpus)
 
 
 def ours_worker(*, env: dict[str, str], cpus: str | None = None, config: Path = TEST_GRAPHS) -> Service:
     port = free_port()
-    args = [sys.executable, "-m", "agentserver", "worker", "--config", str(config),
-            "--host", "127.0.0.1", "--port", str(port)]
+    args = agentserver_args("worker", config, port=port)
     return Service("agentserver-worker", args, port=port, env=our_env(env), cpus=cpus)
 
 

@@ -2,7 +2,7 @@
 
     /work/venv/bin/python bench/scaled.py [--shapes 1x1,2x2] [--slots 100] [--duration 5]
 
-Starts Postgres and Redis on free loopback ports (tests/harness.py), applies the migrations
+Starts Postgres and Redis on free loopback ports (tests/harness/), applies the migrations
 (`agentserver migrate`), then for each shape AxW (A API servers `agentserver serve`, W workers
 `agentserver worker`, all with QUEUE_ENABLED=true; a fresh database and Redis key prefix each)
 measures with `--clients` keep-alive connections spread round robin over the API servers

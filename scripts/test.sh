@@ -17,4 +17,8 @@ VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -e ".[test]"
+# The code checks (configured in pyproject.toml): lint, format, types.
+"$VENV/bin/ruff" check agentserver
+"$VENV/bin/ruff" format --check agentserver
+"$VENV/bin/mypy"
 exec "$VENV/bin/python" -m pytest -q "$@"

@@ -5,6 +5,19 @@ import pytest
 from tests.harness import PostgresServer, RedisServer
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need a real Postgres or Redis (`-m "not postgres and not redis"`
+    runs the rest): those using the backend fixtures, and the scaled side of `server`."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        scaled = callspec is not None and callspec.params.get("server") == "scaled"
+        if "postgres_server" in fixtures or scaled:
+            item.add_marker(pytest.mark.postgres)
+        if "redis_server" in fixtures or scaled:
+            item.add_marker(pytest.mark.redis)
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     server = PostgresServer().start()
@@ -24,7 +37,7 @@ def server(request):
     """A live deployment on the test graphs, shared by the SDK tests, in each shape:
     `embedded` = one `agentserver dev` process; `scaled` = two API servers and two queue workers
     as separate processes over one Postgres and one Redis, behind a round-robin proxy."""
-    from tests.server import ScaledCluster, ServerProcess
+    from tests.harness import ScaledCluster, ServerProcess
 
     if request.param == "embedded":
         proc = ServerProcess("dev", env={"N_JOBS_PER_WORKER": "20"}).start()

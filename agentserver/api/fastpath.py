@@ -30,10 +30,12 @@ class HotRoute:
     body: type[BaseModel] | None = None  # the body model; None: no body
     body_required: bool = False
 
-    def match(self, parts: list[str]) -> dict[str, str] | None:
+    def match(self, parts: list[str]) -> dict[str, Any] | None:
+        """The endpoint's keyword arguments for `parts` (its path parameters, to which the
+        caller adds the body), or None when the path is not this route's."""
         if len(parts) != len(self.segments):
             return None
-        params: dict[str, str] = {}
+        params: dict[str, Any] = {}
         for part, seg in zip(parts, self.segments, strict=False):
             if seg[0] == "{":
                 if not part:

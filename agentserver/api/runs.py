@@ -363,13 +363,16 @@ async def thread_stream(
     await svc.require_thread(thread_id)
 
     async def body() -> AsyncIterator[bytes]:
-        async for kind, run, ev in svc.join_thread(thread_id, modes=None if everything else run_modes, after=after):
-            if kind == "event":
+        async for item in svc.join_thread(thread_id, modes=None if everything else run_modes, after=after):
+            if item[0] == "event":
+                _, run, ev = item
                 if everything or run_modes:
                     yield frame(ev.event, ev.data, f"{run['run_id']}:{ev.id}")
-            elif kind == "start":
+            elif item[0] == "start":
+                run = item[1]
                 yield _metadata_frame(run, f"{run['run_id']}:0")
-            elif kind == "done":
+            elif item[0] == "done":
+                run = item[1]
                 yield frame_json("metadata", {"status": "run_done", "run_id": run["run_id"]}, f"{run['run_id']}:done")
             else:
                 yield HEARTBEAT

@@ -87,7 +87,7 @@ async def search_threads(request: Request, body: Annotated[ThreadSearch | None, 
         sort_order=body.sort_order,
         extract=body.extract,
     )
-    select = list(body.select) if body.select else None
+    select: list[str] | None = list(body.select) if body.select else None
     if select and body.extract:
         select.append("extracted")
     return page(items, total=total, offset=body.offset, limit=body.limit, select=select)

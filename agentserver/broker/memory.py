@@ -145,7 +145,7 @@ class MemoryBroker(Broker):
         if home is None:
             return
 
-        def arm() -> None:
+        def arm(loop: asyncio.AbstractEventLoop) -> None:
             handle: asyncio.TimerHandle | None = None
 
             def fire() -> None:
@@ -153,19 +153,19 @@ class MemoryBroker(Broker):
                     self._timers.discard(handle)
                 fn(*args)
 
-            handle = home.call_later(delay, fire)
+            handle = loop.call_later(delay, fire)
             with self._lock:
                 self._timers.add(handle)
 
         if home is current:
-            arm()
+            arm(home)
         else:
             try:
-                home.call_soon_threadsafe(arm)
+                home.call_soon_threadsafe(arm, home)
             except RuntimeError:  # the home loop closed: adopt the current one
                 if current is not None:
                     home = self._loop = current
-                    arm()
+                    arm(home)
 
     # ---- run event log ---------------------------------------------------------------------
     async def publish(self, run_id: str, event: str, data: bytes) -> str:

@@ -15,6 +15,8 @@ import copy
 import uuid
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
+
 from agentserver.errors import BadRequest, GraphLoadError, InvalidInput, NotFound
 from agentserver.graphs import GraphRegistry
 from agentserver.storage.base import AssistantQuery, Record, Storage
@@ -203,8 +205,9 @@ class AssistantService:
         return await self.storage.assistant_set_latest(current["assistant_id"], version)
 
     # ---- graph introspection -------------------------------------------------------------------
-    def _graph_config(self, assistant: Record) -> dict[str, Any]:
-        config = copy.deepcopy(assistant.get("config") or {})
+    def _graph_config(self, assistant: Record) -> RunnableConfig:
+        stored = assistant.get("config")
+        config: RunnableConfig = copy.deepcopy(stored) if stored else {}
         configurable = dict(config.get("configurable") or {})
         configurable.setdefault("assistant_id", assistant["assistant_id"])
         configurable.setdefault("graph_id", assistant["graph_id"])

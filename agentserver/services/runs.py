@@ -8,10 +8,11 @@ broker (the run's event log, control signals, wake-ups).
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -32,6 +33,13 @@ THREAD_REPLAY_ALL = "-"
 # How many of a thread's newest runs a thread stream looks back over.
 THREAD_REPLAY_RUNS = 100
 _RUN_PAGE = 20
+
+# What a thread stream yields (`RunService.join_thread`): (kind, run, event).
+ThreadStreamItem = (
+    tuple[Literal["start", "done"], Record, None]
+    | tuple[Literal["event"], Record, Event]
+    | tuple[Literal["idle"], None, None]
+)
 
 
 def _run_key(run: Record) -> tuple:
@@ -74,7 +82,7 @@ class CreatedRun:
     stateless: bool
 
 
-def _merge_config(base: dict | None, override: dict | None) -> dict:
+def _merge_config(base: Mapping[str, Any] | None, override: Mapping[str, Any] | None) -> dict[str, Any]:
     base = dict(base or {})
     override = override or {}
     out = {**base, **{k: v for k, v in override.items() if k != "configurable"}}
@@ -84,7 +92,7 @@ def _merge_config(base: dict | None, override: dict | None) -> dict:
     return out
 
 
-def run_context(assistant: Record, context: dict | None, config: dict) -> dict:
+def run_context(assistant: Record, context: Mapping[str, Any] | None, config: Mapping[str, Any]) -> dict[str, Any]:
     """The context a run executes with: the assistant's, overlaid by the run's. When neither
     gives one, the run's `config.configurable` stands in for it (as the official server does),
     before the server adds its own keys. The executor keeps only the keys the graph's context
@@ -166,7 +174,7 @@ class RunService:
         if request.command is not None and request.input is not None:
             raise InvalidInput("Provide either input or command, not both")
         run_id = uuid7()
-        if stateless:
+        if thread_id is None:  # stateless
             thread_id = uuid7()
         graph_id = assistant["graph_id"]
         assistant_id = assistant["assistant_id"]
@@ -284,7 +292,12 @@ class RunService:
         return run
 
     async def cancel_many(
-        self, *, thread_id: str | None, run_ids: list[str] | None, status: str | None, action: str = "interrupt"
+        self,
+        *,
+        thread_id: str | None,
+        run_ids: builtins.list[str] | None,
+        status: str | None,
+        action: str = "interrupt",
     ) -> int:
         """Cancel the in-flight runs named (`run_ids`) or of a status; NotFound when none is left."""
         if run_ids:
@@ -355,7 +368,7 @@ class RunService:
         thread_id: str | None,
         *,
         after: str | None,
-        modes: list[str] | None = None,
+        modes: builtins.list[str] | None = None,
     ) -> AsyncIterator[Event | None]:
         """The run's client-visible events (internal ones filtered), None on idle (heartbeat).
         Ends when the run's log ends, or when the run is over and its log is gone."""
@@ -375,8 +388,8 @@ class RunService:
             yield event
 
     async def join_thread(
-        self, thread_id: str, *, modes: list[str] | None, after: str | tuple[str, str] | None = None
-    ) -> AsyncIterator[tuple[str, Record | None, Event | None]]:
+        self, thread_id: str, *, modes: builtins.list[str] | None, after: str | tuple[str, str] | None = None
+    ) -> AsyncIterator[ThreadStreamItem]:
         """Every run of a thread, one after another, oldest first: ("start", run, None) before a
         run's first event, ("event", run, event) for each event, ("done", run, None) after its
         end, ("idle", None, None) when nothing happened for a heartbeat interval.
@@ -392,7 +405,7 @@ class RunService:
                 wake.set()
 
         pumper = asyncio.create_task(pump())
-        queue: list[tuple[Record, str | None]] = []  # (run, resume position; None = from its start)
+        queue: builtins.list[tuple[Record, str | None]] = []  # (run, resume position; None = from its start)
         floor: tuple | None = None  # runs ordered after this key have not been streamed yet
         try:
             if after == THREAD_REPLAY_ALL:
@@ -431,7 +444,7 @@ class RunService:
         finally:
             pumper.cancel()
 
-    async def _runs_after(self, thread_id: str, floor: tuple | None) -> list[Record]:
+    async def _runs_after(self, thread_id: str, floor: tuple | None) -> builtins.list[Record]:
         """The thread's runs ordered after `floor` (all when None), oldest first; at most
         THREAD_REPLAY_RUNS of the newest."""
         found: dict[str, Record] = {}

@@ -429,7 +429,7 @@ class ThreadService:
         graph_id, config = setup
         before_config = None
         if before:
-            ref = {"checkpoint_id": before} if isinstance(before, str) else dict(before)
+            ref: dict[str, Any] = {"checkpoint_id": before} if isinstance(before, str) else dict(before)
             if isinstance(ref.get("configurable"), dict):
                 ref = ref["configurable"]
             if ref.get("checkpoint_id"):
@@ -481,7 +481,8 @@ class ThreadService:
         steps = [
             [
                 StateUpdate(
-                    command_from_json(update["command"]) if update.get("command") else update.get("values"),
+                    # LangGraph annotates `values` as a dict but takes a Command too (as aupdate_state passes)
+                    command_from_json(update["command"]) if update.get("command") else update.get("values"),  # type: ignore[arg-type]
                     update.get("as_node"),
                 )
                 for update in step["updates"]

@@ -123,16 +123,16 @@ class Worker:
             hurry.cancel()
         else:
             log.info("shutting down", running=len(running))
-        unfinished = [job for job in self.jobs.values() if job.task is not None and not job.task.done()]
+        unfinished = [(job, job.task) for job in self.jobs.values() if job.task is not None and not job.task.done()]
         self.interrupted_on_stop = len(unfinished)
         if unfinished:
             log.info(
                 f"putting {len(unfinished)} unfinished run(s) back in the queue",
-                run_ids=[job.run_id for job in unfinished],
+                run_ids=[job.run_id for job, _ in unfinished],
             )
-            for job in unfinished:
+            for job, _ in unfinished:
                 job.abort("shutdown")
-            await asyncio.gather(*(job.task for job in unfinished), return_exceptions=True)
+            await asyncio.gather(*(task for _, task in unfinished), return_exceptions=True)
         for task in self._tasks[1:]:
             task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
@@ -205,8 +205,9 @@ class Worker:
         metrics.JOBS_ACTIVE.inc()
         job = Job(self, claimed)
         self.jobs[claimed.lease_id] = job
+        lease_id = claimed.lease_id
         job.task = asyncio.create_task(job.run(), name=f"run-{claimed.run['run_id']}")
-        job.task.add_done_callback(lambda _t, lease=claimed.lease_id: self._job_done(lease))
+        job.task.add_done_callback(lambda _task: self._job_done(lease_id))
 
     def _job_done(self, lease_id: str) -> None:
         if self.jobs.pop(lease_id, None) is not None:

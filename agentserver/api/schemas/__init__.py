@@ -8,9 +8,10 @@ routes answer with `agentserver.api.responses.JSON`, never through FastAPI's ser
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 from agentserver.utils import NumberOutOfRange, json_numbers
@@ -47,11 +48,34 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-def selection(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
-    """The documented shape of `model` projected by a search's `select`: every field optional."""
-    # Optional[...] rather than `|`: the annotations are objects of any kind, built at run time.
-    fields: dict[str, Any] = {n: (Optional[f.annotation], None) for n, f in model.model_fields.items()}  # noqa: UP045
-    return create_model(name, __base__=WireModel, __doc__=doc, **fields)
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-__all__ = ["MAX_DELAY_SECONDS", "MAX_INT32", "MAX_OFFSET", "MAX_TTL_MINUTES", "RequestBody", "WireModel", "selection"]
+def selection_of(model: type[BaseModel]) -> Callable[[type[ModelT]], type[ModelT]]:
+    """Class decorator of the documented shape of `model` projected by a search's `select`:
+    checks, at import, that the class declares every field of `model`, in order, optional and
+    defaulting to None (so that the projection cannot drift from the model)."""
+
+    def check(cls: type[ModelT]) -> type[ModelT]:
+        fields, expected = cls.model_fields, model.model_fields
+        if list(fields) != list(expected) or any(
+            f.default is not None or f.annotation != Optional[expected[n].annotation]  # noqa: UP045
+            for n, f in fields.items()
+        ):
+            raise TypeError(
+                f"{cls.__name__} must declare each field of {model.__name__}, in order, as `X | None = None`"
+            )
+        return cls
+
+    return check
+
+
+__all__ = [
+    "MAX_DELAY_SECONDS",
+    "MAX_INT32",
+    "MAX_OFFSET",
+    "MAX_TTL_MINUTES",
+    "RequestBody",
+    "WireModel",
+    "selection_of",
+]

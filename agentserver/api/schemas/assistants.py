@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from agentserver.api.schemas import MAX_INT32, MAX_OFFSET, RequestBody, WireModel, selection
+from agentserver.api.schemas import MAX_INT32, MAX_OFFSET, RequestBody, WireModel, selection_of
 
 AssistantSortBy = Literal["assistant_id", "graph_id", "name", "created_at", "updated_at"]
 AssistantField = Literal[
@@ -108,6 +108,17 @@ class DrawableGraph(WireModel):
     edges: list[dict[str, Any]]
 
 
-AssistantSelection = selection(
-    Assistant, "AssistantSelection", "An assistant projected to the fields a search `select`ed."
-)
+@selection_of(Assistant)
+class AssistantSelection(WireModel):
+    """An assistant projected to the fields a search `select`ed."""
+
+    assistant_id: str | None = None
+    graph_id: str | None = None
+    config: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    name: str | None = None
+    description: str | None = None
+    version: int | None = None
+    created_at: str | None = None
+    updated_at: str | None = None

@@ -22,6 +22,10 @@ StreamMode = Literal[
 MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
 
 
+def _default_stream_mode() -> list[StreamMode]:
+    return ["values"]
+
+
 class CheckpointRef(RequestBody):
     thread_id: str | None = None
     checkpoint_ns: str = ""
@@ -49,7 +53,7 @@ class RunCreate(RequestBody):
     webhook: str | None = None
     interrupt_before: Literal["*"] | list[str] | None = None
     interrupt_after: Literal["*"] | list[str] | None = None
-    stream_mode: StreamMode | list[StreamMode] = Field(default_factory=lambda: ["values"])
+    stream_mode: StreamMode | list[StreamMode] = Field(default_factory=_default_stream_mode)
     stream_subgraphs: bool = False
     stream_resumable: bool = False
     feedback_keys: list[str] | None = None
@@ -74,7 +78,7 @@ class RunCreate(RequestBody):
 
     @field_validator("stream_mode", mode="after")
     @classmethod
-    def _modes(cls, v):
+    def _modes(cls, v: str | list[str]) -> list[str]:
         modes = [v] if isinstance(v, str) else list(v)
         seen: list[str] = []
         for m in modes:

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema, field_validator
 
-from agentserver.api.schemas import MAX_OFFSET, MAX_TTL_MINUTES, RequestBody, WireModel, selection
+from agentserver.api.schemas import MAX_OFFSET, MAX_TTL_MINUTES, RequestBody, WireModel, selection_of
 
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 ThreadSortBy = Literal["thread_id", "status", "created_at", "updated_at", "state_updated_at"]
@@ -249,4 +249,17 @@ class PruneResult(WireModel):
     pruned_count: int
 
 
-ThreadSelection = selection(Thread, "ThreadSelection", "A thread projected to the fields a search `select`ed.")
+@selection_of(Thread)
+class ThreadSelection(WireModel):
+    """A thread projected to the fields a search `select`ed."""
+
+    thread_id: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    state_updated_at: str | None = None
+    metadata: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    status: ThreadStatus | None = None
+    values: Any | None = None
+    interrupts: dict[str, Any] | None = None
+    error: Any | None = None

@@ -18,7 +18,7 @@ import asyncio
 import time
 from asyncio import events as _aio_events
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -48,6 +48,17 @@ READ_COUNT = 512
 SETUP_WAIT_SECS = 10.0
 
 _get_running_loop = _aio_events._get_running_loop
+
+T = TypeVar("T")
+
+NOT_SET_UP = "RedisBroker.setup() has not run (or the broker is closed)"
+
+
+def _ready(part: T | None) -> T:
+    """A part of the broker made by `setup()` (the client, the loop, the publisher...)."""
+    if part is None:
+        raise RuntimeError(NOT_SET_UP)
+    return part
 
 
 class _LoopBridge:
@@ -82,6 +93,7 @@ class RedisBroker(Broker):
         if not settings.redis_uri:
             raise ValueError("RedisBroker needs REDIS_URI")
         self.settings = settings
+        self.uri: str = settings.redis_uri
         self.prefix = settings.redis_key_prefix
         self.keys = Keys(self.prefix)
         self.ttl = int(settings.resumable_stream_ttl_seconds)
@@ -128,10 +140,10 @@ class RedisBroker(Broker):
         s = self.settings
         retry = Retry(ExponentialBackoff(cap=0.25, base=0.02), 2)
         if s.redis_cluster:
-            self.redis = RedisCluster.from_url(s.redis_uri, max_connections=s.redis_max_connections, retry=retry)
+            self.redis = RedisCluster.from_url(self.uri, max_connections=s.redis_max_connections, retry=retry)
         else:
             pool = BlockingConnectionPool.from_url(
-                s.redis_uri, max_connections=s.redis_max_connections, timeout=60, retry=retry, protocol=2
+                self.uri, max_connections=s.redis_max_connections, timeout=60, retry=retry, protocol=2
             )
             self.redis = Redis(connection_pool=pool)
         deadline = time.monotonic() + SETUP_WAIT_SECS
@@ -195,24 +207,30 @@ class RedisBroker(Broker):
             pass
         self.redis = None
 
+    def _client(self) -> Redis | RedisCluster:
+        # not `_ready(self.redis)`: its type would be inferred as the two clients' common base
+        if self.redis is None:
+            raise RuntimeError(NOT_SET_UP)
+        return self.redis
+
     def _foreign(self) -> bool:
         if self._loop is None:
-            raise RuntimeError("RedisBroker.setup() has not run (or the broker is closed)")
+            raise RuntimeError(NOT_SET_UP)
         return _get_running_loop() is not self._loop
 
     async def _on_home(self, coro: Coroutine) -> Any:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, _ready(self._loop)))
 
     def _spawn(self, coro: Coroutine) -> None:
-        task = self._loop.create_task(coro)
+        task = _ready(self._loop).create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _after_reconnect(self) -> None:
         """The pub/sub connection came back: whatever happened in between may have been missed."""
         self._wake_local()
-        self._publisher.verify_all()
-        self._controls.recheck_all()
+        _ready(self._publisher).verify_all()
+        _ready(self._controls).recheck_all()
 
     # ---- run event log ---------------------------------------------------------------------
     async def publish(self, run_id: str, event: str, data: bytes) -> str:
@@ -221,7 +239,7 @@ class RedisBroker(Broker):
         # the publisher's fast path, inline (publish is the hottest call of a run)
         st = self._pubs.get(run_id)
         if st is None or not st.ready.is_set():
-            st = await self._publisher.state(run_id)
+            st = await _ready(self._publisher).state(run_id)
         if not st.room.is_set():
             await st.room.wait()
         return str(st.append(event, data))
@@ -229,7 +247,7 @@ class RedisBroker(Broker):
     async def finish_stream(self, run_id: str) -> None:
         if self._foreign():
             return await self._on_home(self.finish_stream(run_id))
-        finished = await self._publisher.finish(run_id)
+        finished = await _ready(self._publisher).finish(run_id)
         try:
             await asyncio.wait_for(asyncio.shield(finished), FINISH_WAIT_SECS)
         except TimeoutError:
@@ -245,7 +263,7 @@ class RedisBroker(Broker):
 
     async def _subscribe(self, run_id: str, pos: int | None, idle_secs: float) -> AsyncIterator[Event | None]:
         if self._loop is None:
-            raise RuntimeError("RedisBroker.setup() has not run (or the broker is closed)")
+            raise RuntimeError(NOT_SET_UP)
         loop = asyncio.get_running_loop()
         key = self.stream_key(run_id)
         done = DONE.encode()
@@ -253,7 +271,8 @@ class RedisBroker(Broker):
         delay = BACKOFF_MIN
         checked = False  # whether the log was looked at once without blocking
         while True:
-            res = None
+            # XREAD's reply, [[key, [(entry id, fields)...]]] (redis-py types it loosely)
+            res: Any = None
             try:
                 if not checked:
                     if pos is None:  # live join: start after the current top
@@ -262,7 +281,7 @@ class RedisBroker(Broker):
                             return
                         pos = top
                     else:
-                        res = await self.redis.xread({key: f"0-{pos}"}, count=READ_COUNT)
+                        res = await self._client().xread({key: f"0-{pos}"}, count=READ_COUNT)
                         if not res:
                             top, fields = await stream_top(self.redis, key)
                             if fields is not None and fields.get(b"e") == done and top <= pos:
@@ -271,9 +290,9 @@ class RedisBroker(Broker):
                 else:
                     remaining = last_yield + idle_secs - loop.time()
                     if remaining >= 0.001:
-                        async with self._readers:
+                        async with _ready(self._readers):
                             async with asyncio.timeout(remaining + 10.0):
-                                res = await self.redis.xread(
+                                res = await self._client().xread(
                                     {key: f"0-{pos}"}, count=READ_COUNT, block=max(1, int(remaining * 1000))
                                 )
             except RETRYABLE as exc:
@@ -287,16 +306,17 @@ class RedisBroker(Broker):
                 continue
             delay = BACKOFF_MIN
             if res:
+                assert pos is not None  # a log is only read from a known position
                 for _key, entries in res:
-                    for entry_id, fields in entries:
+                    for entry_id, entry in entries:
                         seq = seq_of(entry_id)
                         if seq <= pos:
                             continue
                         pos = seq
-                        name = fields.get(b"e", b"")
+                        name = entry.get(b"e", b"")
                         if name == done:
                             return
-                        yield Event(str(seq), name.decode(), fields.get(b"d", b""))
+                        yield Event(str(seq), name.decode(), entry.get(b"d", b""))
                 last_yield = loop.time()
             elif checked and loop.time() - last_yield >= idle_secs - 0.001:
                 yield None
@@ -305,7 +325,7 @@ class RedisBroker(Broker):
     async def stream_done(self, run_id: str) -> bool:
         if self._foreign():
             return await self._on_home(self.stream_done(run_id))
-        if self._publisher.ended(run_id):
+        if _ready(self._publisher).ended(run_id):
             return True
         try:
             _, fields = await stream_top(self.redis, self.stream_key(run_id))
@@ -317,30 +337,30 @@ class RedisBroker(Broker):
     async def send_control(self, run_id: str, action: str) -> None:
         if self._foreign():
             return await self._on_home(self.send_control(run_id, action))
-        await self._controls.send(run_id, action)
+        await _ready(self._controls).send(run_id, action)
 
     async def get_control(self, run_id: str) -> str | None:
         if self._foreign():
             return await self._on_home(self.get_control(run_id))
-        return await self._controls.get(run_id)
+        return await _ready(self._controls).get(run_id)
 
     async def watch_control(
         self, run_id: str, callback: Callable[[str], Awaitable[None] | None]
     ) -> Callable[[], Awaitable[None]]:
         watcher = ControlWatcher(asyncio.get_running_loop(), callback)
         if self._foreign():
-            await self._on_home(self._controls.watch(run_id, watcher))
+            await self._on_home(_ready(self._controls).watch(run_id, watcher))
         else:
-            await self._controls.watch(run_id, watcher)
+            await _ready(self._controls).watch(run_id, watcher)
 
         async def stop() -> None:
             watcher.stopped = True
             if self._loop is None:
                 return
             if self._foreign():
-                await self._on_home(self._controls.unwatch(run_id, watcher))
+                await self._on_home(_ready(self._controls).unwatch(run_id, watcher))
             else:
-                await self._controls.unwatch(run_id, watcher)
+                await _ready(self._controls).unwatch(run_id, watcher)
 
         return stop
 
@@ -349,7 +369,7 @@ class RedisBroker(Broker):
         if self._foreign():
             return await self._on_home(self.notify_thread(thread_id, run_id, what))
         try:
-            await self.redis.publish(self.thread_channel(thread_id), orjson.dumps([run_id, what]))
+            await self._client().publish(self.thread_channel(thread_id), orjson.dumps([run_id, what]))
         except RETRYABLE as exc:
             # advisory: thread streams re-read the runs of the thread when they wake up
             log.warning("redis notify_thread failed", thread_id=thread_id, run_id=run_id, error=repr(exc))
@@ -362,7 +382,7 @@ class RedisBroker(Broker):
 
     async def _thread_events(self, thread_id: str) -> AsyncIterator[tuple[str, str]]:
         if self._loop is None:
-            raise RuntimeError("RedisBroker.setup() has not run (or the broker is closed)")
+            raise RuntimeError(NOT_SET_UP)
         queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
         def handler(data: bytes) -> None:
@@ -374,7 +394,7 @@ class RedisBroker(Broker):
             queue.put_nowait((run_id, what))
 
         channel = self.thread_channel(thread_id)
-        await self._hub.add(channel, handler)
+        await _ready(self._hub).add(channel, handler)
         try:
             while True:
                 yield await queue.get()
@@ -387,7 +407,7 @@ class RedisBroker(Broker):
         if self._foreign():
             return await self._on_home(self.wake_workers(at))
         try:
-            await self.redis.publish(self.wake_channel, wake_message(at))
+            await self._client().publish(self.wake_channel, wake_message(at))
         except RETRYABLE as exc:
             # the workers' sweep finds the run anyway; at least wake this process's
             log.warning("redis wake_workers failed", error=repr(exc))
@@ -399,7 +419,7 @@ class RedisBroker(Broker):
         if isinstance(self.redis, RedisCluster):
             return await super().run_queued(thread_id, run_id, at)  # no keyless pipelines there
         try:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self._client().pipeline(transaction=False)
             pipe.publish(self.wake_channel, wake_message(at))
             pipe.publish(self.thread_channel(thread_id), orjson.dumps([run_id, "created"]))
             await pipe.execute()
@@ -440,7 +460,12 @@ class RedisBroker(Broker):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._wake_waiters.append(fut)
-        timer = loop.call_later(timeout, lambda: fut.done() or fut.set_result(False))
+
+        def expire() -> None:
+            if not fut.done():
+                fut.set_result(False)
+
+        timer = loop.call_later(timeout, expire)
         try:
             return await fut
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from typing import cast
 
 from agentserver.broker.common import ControlWatcher
 from agentserver.broker.redis.hub import PubSubHub
@@ -47,9 +48,14 @@ class Controls:
 
     async def get(self, run_id: str) -> str | None:
         try:
-            value = await self.redis.get(self.keys.control(run_id))
+            return await self._read(run_id)
         except RETRYABLE as exc:
             raise Unavailable(f"redis is unreachable: {exc!r}") from exc
+
+    async def _read(self, run_id: str) -> str | None:
+        """The run's pending action, if any."""
+        # the client does not decode responses (no decode_responses): GET replies bytes or None
+        value = cast(bytes | None, await self.redis.get(self.keys.control(run_id)))
         return value.decode() if value is not None else None
 
     async def watch(self, run_id: str, watcher: ControlWatcher) -> None:
@@ -66,12 +72,12 @@ class Controls:
         # subscribed first, then read the key: an action sent in between is seen either way
         await self.hub.add(self.keys.control_channel(run_id), handler)
         try:
-            action = await self.redis.get(self.keys.control(run_id))
+            action = await self._read(run_id)
         except RETRYABLE:
             self._spawn(self.recheck([run_id]))
             return
         if action is not None:
-            watcher.deliver(action.decode())
+            watcher.deliver(action)
 
     async def unwatch(self, run_id: str, watcher: ControlWatcher) -> None:
         watchers = self.watchers.get(run_id)
@@ -98,7 +104,7 @@ class Controls:
                 todo.pop(0)
                 continue
             try:
-                action = await self.redis.get(self.keys.control(run_id))
+                action = await self._read(run_id)
             except RETRYABLE:
                 await asyncio.sleep(backoff(delay))
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -106,7 +112,7 @@ class Controls:
             todo.pop(0)
             if action is not None:
                 for w in self.watchers.get(run_id, ()):
-                    w.deliver(action.decode())
+                    w.deliver(action)
 
     def close(self) -> None:
         """Stop every watcher (the broker is closing)."""

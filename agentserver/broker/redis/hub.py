@@ -14,6 +14,7 @@ import structlog
 from agentserver.broker.redis.retry import BACKOFF_MAX, BACKOFF_MIN, RETRYABLE, backoff
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -67,7 +68,7 @@ class PubSubHub:
         the connection is back)."""
         handlers = self.handlers.get(channel)
         new = handlers is None
-        if new:
+        if handlers is None:
             handlers = self.handlers[channel] = set()
         handlers.add(handler)
         if channel in self.live:
@@ -114,6 +115,7 @@ class PubSubHub:
 
     def _connection(self) -> Any:
         redis = self.redis
+        cls: type[AbstractConnection]
         if isinstance(redis, RedisCluster):
             nodes = redis.get_nodes()
             node = nodes[self._node_index % len(nodes)]

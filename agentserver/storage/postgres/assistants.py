@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from psycopg import AsyncCursor
+from psycopg.rows import DictRow
 
 from agentserver.errors import Conflict, NotFound
 from agentserver.storage.base import AssistantQuery, Record
@@ -94,7 +95,7 @@ class AssistantQueries(Db):
             "updated_at": assistant.get("updated_at"),
         }
 
-        async def q(cur: AsyncCursor) -> dict[str, Any] | None:
+        async def q(cur: AsyncCursor[DictRow]) -> dict[str, Any] | None:
             await cur.execute(SQL_ASSISTANT_INSERT, params)
             row = await cur.fetchone()
             if row is None and if_exists == "do_nothing":
@@ -115,13 +116,15 @@ class AssistantQueries(Db):
         return assistant_record(row) if row else None
 
     async def assistant_update(self, assistant_id: str, changes: Record) -> Record:
-        async def q(cur: AsyncCursor) -> dict[str, Any]:
+        async def q(cur: AsyncCursor[DictRow]) -> dict[str, Any]:
             await cur.execute(SQL_ASSISTANT_GET_FOR_UPDATE, (assistant_id,))
             current = await cur.fetchone()
             if current is None:
                 raise NotFound(f"Assistant '{assistant_id}' not found")
             await cur.execute(SQL_ASSISTANT_NEXT_VERSION, (assistant_id,))
-            version = (await cur.fetchone())["v"]
+            next_version = await cur.fetchone()
+            assert next_version is not None  # an aggregate: always one row
+            version = next_version["v"]
             merged = dict(current["metadata"] or {})
             if changes.get("metadata"):
                 merged.update(changes["metadata"])
@@ -137,7 +140,9 @@ class AssistantQueries(Db):
             }
             await cur.execute(SQL_ASSISTANT_VERSION_INSERT, fields)
             await cur.execute(SQL_ASSISTANT_UPDATE, fields)
-            return await cur.fetchone()
+            updated = await cur.fetchone()
+            assert updated is not None  # the row is locked FOR UPDATE by this transaction
+            return updated
 
         return assistant_record(await self._tx(q))
 
@@ -145,7 +150,8 @@ class AssistantQueries(Db):
         return await self._one(SQL_ASSISTANT_DELETE, (assistant_id,)) is not None
 
     async def assistant_search(self, query: AssistantQuery) -> tuple[list[Record], int]:
-        where, params = [], {}
+        where: list[str] = []
+        params: dict[str, Any] = {}
         if query.graph_id is not None:
             where.append("graph_id = %(graph_id)s")
             params["graph_id"] = query.graph_id

@@ -10,7 +10,7 @@ from typing import Any
 
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncCursor
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from agentserver.storage.postgres.pool import connection as pooled_connection
@@ -87,7 +87,7 @@ class PostgresCheckpointer(AsyncPostgresSaver):
     """
 
     @asynccontextmanager
-    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor]:
+    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
         if self.pipe is not None or not isinstance(self.conn, AsyncConnectionPool):
             async with super()._cursor(pipeline=pipeline) as cur:
                 yield cur
@@ -139,7 +139,7 @@ class PostgresCheckpointer(AsyncPostgresSaver):
                     await self._delete_checkpoints(cur, thread_id, ns, checkpoint_ids)
 
     @staticmethod
-    async def _delete_checkpoints(cur: AsyncCursor, thread_id: str, ns: str, doomed: set[str]) -> None:
+    async def _delete_checkpoints(cur: AsyncCursor[DictRow], thread_id: str, ns: str, doomed: set[str]) -> None:
         await cur.execute(SQL_CKPT_CHAIN, (thread_id, ns))
         chain = {r["checkpoint_id"]: r for r in await cur.fetchall()}
         survivors = [cid for cid in chain if cid not in doomed]

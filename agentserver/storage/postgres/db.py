@@ -7,33 +7,32 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection, AsyncCursor
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg import AsyncCursor
+from psycopg.rows import DictRow, dict_row
 
-from agentserver.storage.postgres.pool import run_with_retries
+from agentserver.storage.postgres.pool import DictConnection, DictPool, run_with_retries
 
 T = TypeVar("T")
 
 
-def cursor(conn: AsyncConnection) -> AsyncCursor:
+def cursor(conn: DictConnection) -> AsyncCursor[DictRow]:
     return conn.cursor(row_factory=dict_row, binary=True)
 
 
 class Db:
     """The pool and the ways of using it; the resource mixins' only dependency."""
 
-    _pool: AsyncConnectionPool
+    _pool: DictPool
 
     async def _read(
         self,
-        fn: Callable[[AsyncCursor], Awaitable[T]],
+        fn: Callable[[AsyncCursor[DictRow]], Awaitable[T]],
         *,
         retry_on: Callable[[BaseException], bool] | None = None,
     ) -> T:
         """One or more statements outside an explicit transaction (each is atomic)."""
 
-        async def work(conn: AsyncConnection) -> T:
+        async def work(conn: DictConnection) -> T:
             async with cursor(conn) as cur:
                 return await fn(cur)
 
@@ -41,7 +40,7 @@ class Db:
 
     async def _tx(
         self,
-        fn: Callable[[AsyncCursor], Awaitable[T]],
+        fn: Callable[[AsyncCursor[DictRow]], Awaitable[T]],
         *,
         retry_on: Callable[[BaseException], bool] | None = None,
         pipeline: bool = False,
@@ -50,7 +49,7 @@ class Db:
         `pipeline`, statements go out without waiting for each other's results (BEGIN, the
         statements up to the first fetch, then COMMIT: two round trips)."""
 
-        async def work(conn: AsyncConnection) -> T:
+        async def work(conn: DictConnection) -> T:
             if pipeline:
                 async with conn.pipeline():
                     async with conn.transaction():
@@ -63,7 +62,7 @@ class Db:
         return await run_with_retries(self._pool, work, retry_on=retry_on)
 
     async def _one(self, sql: str, params: Any = None) -> dict[str, Any] | None:
-        async def q(cur: AsyncCursor) -> dict[str, Any] | None:
+        async def q(cur: AsyncCursor[DictRow]) -> dict[str, Any] | None:
             await cur.execute(sql, params)
             return await cur.fetchone()
 
@@ -76,7 +75,7 @@ class Db:
         *,
         retry_on: Callable[[BaseException], bool] | None = None,
     ) -> list[dict[str, Any]]:
-        async def q(cur: AsyncCursor) -> list[dict[str, Any]]:
+        async def q(cur: AsyncCursor[DictRow]) -> list[dict[str, Any]]:
             await cur.execute(sql, params)
             return await cur.fetchall()
 

@@ -17,22 +17,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import psycopg
-from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout
 
 from agentserver.errors import Unavailable
 from agentserver.storage import migrations
 from agentserver.storage.postgres.pool import (
     RETRY_ATTEMPTS,
+    DictConnection,
+    DictPool,
     acquire,
     connection_kwargs,
     describe,
     is_connection_error,
 )
+
+if TYPE_CHECKING:
+    from langgraph.store.postgres.base import PostgresIndexConfig
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +66,9 @@ def load_migrations() -> list[migrations.Migration]:
 
 
 async def migrate(
-    uri_or_pool: str | AsyncConnectionPool,
+    uri_or_pool: str | DictPool,
     *,
-    store_index: dict[str, Any] | None = None,
+    store_index: PostgresIndexConfig | None = None,
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> list[str]:
     """Bring the database schema up to date; return the versions applied by this call
@@ -80,7 +84,8 @@ async def migrate(
             await asyncio.sleep(0.1 * 2 ** (attempt - 1))
         try:
             if isinstance(uri_or_pool, str):
-                conn = await AsyncConnection.connect(uri_or_pool, **connection_kwargs(uri_or_pool))
+                # dict rows, like the pool's: connection_kwargs sets row_factory=dict_row
+                conn = await DictConnection.connect(uri_or_pool, **connection_kwargs(uri_or_pool))
                 try:
                     return await _migrate_on(conn, store_index, lock_timeout)
                 finally:
@@ -105,7 +110,7 @@ async def migrate(
     raise Unavailable(f"The database is unavailable: {describe(last)}") from last
 
 
-async def _migrate_on(conn: AsyncConnection, store_index: dict[str, Any] | None, lock_timeout: float) -> list[str]:
+async def _migrate_on(conn: DictConnection, store_index: PostgresIndexConfig | None, lock_timeout: float) -> list[str]:
     restore_autocommit = not conn.autocommit
     if restore_autocommit:
         await conn.set_autocommit(True)
@@ -126,7 +131,7 @@ async def _migrate_on(conn: AsyncConnection, store_index: dict[str, Any] | None,
             await conn.set_autocommit(False)
 
 
-async def _lock(conn: AsyncConnection, timeout: float) -> None:
+async def _lock(conn: DictConnection, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.02
@@ -134,6 +139,7 @@ async def _lock(conn: AsyncConnection, timeout: float) -> None:
     while True:
         cur = await conn.execute(SQL_TRY_LOCK, (MIGRATION_LOCK_KEY,))
         row = await cur.fetchone()
+        assert row is not None  # a SELECT without FROM: always one row
         locked = row["locked"] if isinstance(row, dict) else row[0]
         if locked:
             if waited:
@@ -149,7 +155,7 @@ async def _lock(conn: AsyncConnection, timeout: float) -> None:
         delay = min(delay * 1.5, 0.2)
 
 
-async def _apply(conn: AsyncConnection) -> list[str]:
+async def _apply(conn: DictConnection) -> list[str]:
     await conn.execute(SQL_CREATE_MIGRATIONS_TABLE)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(SQL_APPLIED)
@@ -165,7 +171,7 @@ async def _apply(conn: AsyncConnection) -> list[str]:
     return applied
 
 
-async def _langgraph_setup(conn: AsyncConnection, store_index: dict[str, Any] | None) -> None:
+async def _langgraph_setup(conn: DictConnection, store_index: PostgresIndexConfig | None) -> None:
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
     from langgraph.store.postgres.aio import AsyncPostgresStore
 

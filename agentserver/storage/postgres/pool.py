@@ -26,13 +26,13 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
@@ -42,6 +42,10 @@ from agentserver.utils import loads
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Our connections all make dict rows (`connection_kwargs`), which LangGraph's classes expect too.
+DictConnection: TypeAlias = AsyncConnection[DictRow]
+DictPool: TypeAlias = AsyncConnectionPool[AsyncConnection[DictRow]]
 
 DEFAULT_POOL_MAX_SIZE = 150
 # How long a borrower waits for a free connection while the database is healthy (pool busy).
@@ -90,14 +94,14 @@ class PoolHealth:
     FRESH_SECS = 5.0
 
     def __init__(self) -> None:
-        self.pool: AsyncConnectionPool | None = None
+        self.pool: DictPool | None = None
         self.healthy = True
-        self._returned: weakref.WeakKeyDictionary[AsyncConnection, float] = weakref.WeakKeyDictionary()
+        self._returned: weakref.WeakKeyDictionary[DictConnection, float] = weakref.WeakKeyDictionary()
         self.waiters: set[asyncio.Timeout] = set()
         self._probe: asyncio.Task | None = None
 
     # Called by the pool ------------------------------------------------------------------
-    async def check(self, conn: AsyncConnection) -> None:
+    async def check(self, conn: DictConnection) -> None:
         """The pool's `check` callback: psycopg's own check, reporting the outcome.
 
         For our autocommit connections this is `AsyncConnectionPool.check_connection` (an empty
@@ -117,18 +121,18 @@ class PoolHealth:
             raise
         self.healthy = True
 
-    async def configure(self, conn: AsyncConnection) -> None:
+    async def configure(self, conn: DictConnection) -> None:
         """The pool's `configure` callback: a new connection. JSON columns are decoded with
         orjson (for our queries and LangGraph's alike), set once here rather than per cursor."""
         set_json_loads(loads, conn)
         self.healthy = True
 
-    def returned(self, conn: AsyncConnection) -> None:
+    def returned(self, conn: DictConnection) -> None:
         """A connection came back to the pool (psycopg_pool rolls back one left in a
         transaction, and drops a broken one)."""
         self._returned[conn] = time.monotonic()
 
-    async def reconnect_failed(self, pool: AsyncConnectionPool) -> None:
+    async def reconnect_failed(self, pool: AsyncConnectionPool[Any]) -> None:
         self.mark_unreachable()
 
     # Called by us --------------------------------------------------------------------------
@@ -178,7 +182,7 @@ class PoolHealth:
             await asyncio.gather(self._probe, return_exceptions=True)
 
 
-class ResilientPool(AsyncConnectionPool):
+class ResilientPool(DictPool):
     """An `AsyncConnectionPool` that tracks the health of its database (see the module doc).
 
     It notes when each connection comes back here rather than in a `reset` callback: with one,
@@ -186,7 +190,7 @@ class ResilientPool(AsyncConnectionPool):
 
     health: PoolHealth
 
-    async def putconn(self, conn: AsyncConnection) -> None:
+    async def putconn(self, conn: DictConnection) -> None:
         self.health.returned(conn)
         await super().putconn(conn)
 
@@ -222,7 +226,7 @@ def create_pool(
     return pool
 
 
-async def acquire(pool: AsyncConnectionPool) -> AsyncConnection:
+async def acquire(pool: DictPool) -> DictConnection:
     """Borrow a connection; while the database is unreachable, give up quickly
     (`TimeoutError` / `PoolTimeout`)."""
     health: PoolHealth | None = getattr(pool, "health", None)
@@ -239,7 +243,7 @@ async def acquire(pool: AsyncConnectionPool) -> AsyncConnection:
 
 
 @asynccontextmanager
-async def connection(pool: AsyncConnectionPool) -> AsyncIterator[AsyncConnection]:
+async def connection(pool: DictPool) -> AsyncIterator[DictConnection]:
     conn = await acquire(pool)
     try:
         yield conn
@@ -263,8 +267,8 @@ def is_retriable(exc: BaseException) -> bool:
 
 
 async def run_with_retries(
-    pool: AsyncConnectionPool,
-    fn: Callable[[AsyncConnection], Awaitable[T]],
+    pool: DictPool,
+    fn: Callable[[DictConnection], Awaitable[T]],
     *,
     attempts: int = RETRY_ATTEMPTS,
     retry_on: Callable[[BaseException], bool] | None = None,

@@ -24,6 +24,7 @@ from typing import Any
 
 from psycopg import AsyncCursor
 from psycopg import errors as pg_errors
+from psycopg.rows import DictRow
 
 from agentserver.storage import rules
 from agentserver.storage.base import Claimed, Record, RunEnd
@@ -232,7 +233,7 @@ class QueueQueries(Db):
             sql = SQL_FINISH_LEASED if lease is not None else SQL_FINISH_PENDING
         params = {**thread_params, "run_id": run_id, "lease_id": lease, "status": end.status}
 
-        async def q(cur: AsyncCursor) -> bool:
+        async def q(cur: AsyncCursor[DictRow]) -> bool:
             await cur.execute(SQL_LOCK_THREAD_OF_RUN, params)
             await cur.execute(sql, params)
             # No row: no such run, or the lease was lost: nothing was written.
@@ -248,7 +249,7 @@ class QueueQueries(Db):
         return row is not None
 
     async def fail_exhausted(self, max_attempts: int) -> list[Record]:
-        async def q(cur: AsyncCursor) -> list[dict[str, Any]]:
+        async def q(cur: AsyncCursor[DictRow]) -> list[dict[str, Any]]:
             await cur.execute(SQL_EXHAUSTED_CANDIDATES, (int(max_attempts),))
             candidates = await cur.fetchall()
             if not candidates:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from psycopg import AsyncCursor
 from psycopg import errors as pg_errors
+from psycopg.rows import DictRow
 
 from agentserver.errors import Conflict, NotFound
 from agentserver.storage import rules
@@ -125,7 +126,7 @@ class RunQueries(Db):
         run_params["extra"] = json_param(rules.thread_graph_metadata(run, thread))
         ensure = thread_params(thread_id, thread or {}) if if_not_exists == "create" else None
 
-        async def q(cur: AsyncCursor) -> CreateRunResult:
+        async def q(cur: AsyncCursor[DictRow]) -> CreateRunResult:
             if ensure is not None:
                 await cur.execute(SQL_THREAD_ENSURE, ensure)
             await cur.execute(SQL_THREAD_LOCK, (thread_id,))
@@ -164,7 +165,7 @@ class RunQueries(Db):
         return [run_record(r) for r in rows]
 
     async def run_delete(self, run_id: str, thread_id: str | None = None) -> bool:
-        async def q(cur: AsyncCursor) -> bool:
+        async def q(cur: AsyncCursor[DictRow]) -> bool:
             if thread_id is None:
                 await cur.execute(SQL_RUN_THREAD, (run_id,))
             else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from psycopg import AsyncCursor
+from psycopg.rows import DictRow
 
 from agentserver.storage.postgres.db import Db
 
@@ -36,12 +37,14 @@ async def search_page(
     count_sql = f"SELECT count(*) AS n FROM {table} {clause}"
     params = {**params, "limit": max(0, limit), "offset": max(0, offset)}
 
-    async def q(cur: AsyncCursor) -> tuple[list[dict[str, Any]], int]:
+    async def q(cur: AsyncCursor[DictRow]) -> tuple[list[dict[str, Any]], int]:
         await cur.execute(page_sql, params)
         rows = await cur.fetchall()
         if offset == 0 and len(rows) < limit:
             return rows, len(rows)  # the whole result fits in this page
         await cur.execute(count_sql, params)
-        return rows, (await cur.fetchone())["n"]
+        count = await cur.fetchone()
+        assert count is not None  # an aggregate: always one row
+        return rows, count["n"]
 
     return await db._read(q)

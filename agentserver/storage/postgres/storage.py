@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from langgraph.store.base import TTLConfig
 from langgraph.store.postgres.aio import AsyncPostgresStore
-from psycopg_pool import AsyncConnectionPool
+from langgraph.store.postgres.base import PostgresIndexConfig
 
 from agentserver.storage.base import Storage
 from agentserver.storage.postgres.assistants import AssistantQueries
@@ -14,6 +15,7 @@ from agentserver.storage.postgres.checkpointer import PostgresCheckpointer
 from agentserver.storage.postgres.migrate import migrate
 from agentserver.storage.postgres.pool import (
     DEFAULT_POOL_MAX_SIZE,
+    DictPool,
     PoolHealth,
     create_pool,
 )
@@ -35,15 +37,15 @@ class PostgresStorage(AssistantQueries, ThreadQueries, RunQueries, QueueQueries,
         uri: str,
         *,
         pool_max_size: int = DEFAULT_POOL_MAX_SIZE,
-        pool: AsyncConnectionPool | None = None,
+        pool: DictPool | None = None,
         pool_min_size: int | None = None,
-        store_index: dict[str, Any] | None = None,
-        store_ttl: dict[str, Any] | None = None,
+        store_index: PostgresIndexConfig | None = None,
+        store_ttl: TTLConfig | None = None,
     ) -> None:
         self.uri = uri
         self.pool_max_size = pool_max_size
         self._owns_pool = pool is None
-        self._pool: AsyncConnectionPool = pool or create_pool(
+        self._pool: DictPool = pool or create_pool(
             uri, max_size=pool_max_size, min_size=pool_min_size, name="agentserver"
         )
         self._store_index = store_index
@@ -53,7 +55,7 @@ class PostgresStorage(AssistantQueries, ThreadQueries, RunQueries, QueueQueries,
 
     # ---- lifecycle -------------------------------------------------------------------------
     @property
-    def pool(self) -> AsyncConnectionPool:
+    def pool(self) -> DictPool:
         return self._pool
 
     async def setup(self) -> None:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncCursor
+from psycopg.rows import DictRow
 
 from agentserver.errors import Conflict, NotFound
 from agentserver.storage.base import Record, ThreadQuery
@@ -77,7 +78,7 @@ class ThreadQueries(Db):
     async def thread_create(self, thread: Record, *, if_exists: str = "raise") -> Record:
         params = thread_params(thread["thread_id"], thread)
 
-        async def q(cur: AsyncCursor) -> dict[str, Any] | None:
+        async def q(cur: AsyncCursor[DictRow]) -> dict[str, Any] | None:
             await cur.execute(SQL_THREAD_INSERT, params)
             row = await cur.fetchone()
             if row is None and if_exists == "do_nothing":
@@ -131,7 +132,8 @@ class ThreadQueries(Db):
         return await self._one(SQL_THREAD_DELETE, (thread_id,)) is not None
 
     async def thread_search(self, query: ThreadQuery) -> tuple[list[Record], int]:
-        where, params = [], {}
+        where: list[str] = []
+        params: dict[str, Any] = {}
         if query.ids is not None:
             where.append("thread_id = ANY(%(ids)s)")
             params["ids"] = [str(i) for i in query.ids]

@@ -123,7 +123,9 @@ class CheckpointRemovals:
         remaining checkpoint of the namespace references. Surviving checkpoints whose parent
         was deleted get the nearest surviving ancestor (`splice`) or no parent."""
         namespaces = self.storage.get(thread_id)
-        checkpoints = namespaces.get(checkpoint_ns) if namespaces else None
+        if not namespaces:
+            return
+        checkpoints = namespaces.get(checkpoint_ns)
         if not checkpoints:
             return
         removed: dict[str, tuple] = {}
@@ -146,7 +148,7 @@ class CheckpointRemovals:
         for checkpoint_id, (ckpt, meta, parent_id) in list(checkpoints.items()):
             if parent_id is None or parent_id not in removed:
                 continue
-            new_parent = parent_id
+            new_parent: str | None = parent_id
             if splice:
                 while new_parent is not None and new_parent in removed:
                     new_parent = removed[new_parent][2]
@@ -167,11 +169,11 @@ class CheckpointRemovals:
                     break
         tb = self._ix.thread_blobs.get(thread_id)
         for channel, version in freed:
-            key = (thread_id, checkpoint_ns, channel, version)
-            if self.blobs.pop(key, None) is not None:
-                ops.append(("del_blob", key))
+            blob_key = (thread_id, checkpoint_ns, channel, version)
+            if self.blobs.pop(blob_key, None) is not None:
+                ops.append(("del_blob", blob_key))
             if tb is not None:
-                tb.discard(key)
+                tb.discard(blob_key)
         if not checkpoints:
             del namespaces[checkpoint_ns]
             if not namespaces:

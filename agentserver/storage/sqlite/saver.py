@@ -355,17 +355,17 @@ class DurableMemorySaver(CheckpointRemovals, InMemorySaver):
         was deleted is re-attached to the nearest surviving ancestor."""
         if isinstance(run_ids, str):
             raise TypeError("run_ids must be a sequence of run IDs, not a str")
-        run_ids = {str(r) for r in run_ids}
+        wanted = {str(r) for r in run_ids}
         ops: list[Op] = []
         with self._lock:
             self._journal.check_open()
             doomed: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
-            for run_id in run_ids:
+            for run_id in wanted:
                 for thread_id, checkpoint_ns, checkpoint_id in self._ix.run_ckpts.get(run_id, ()):
                     doomed[(thread_id, checkpoint_ns)].add(checkpoint_id)
             for (thread_id, checkpoint_ns), checkpoint_ids in doomed.items():
                 self._delete_checkpoints(thread_id, checkpoint_ns, checkpoint_ids, ops, splice=True)
-            for run_id in run_ids:
+            for run_id in wanted:
                 for key in list(self._ix.run_writes.get(run_id, ())):
                     self._delete_write(key, ops)
             self._journal.enqueue(ops)

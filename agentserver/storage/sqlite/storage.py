@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, TTLConfig
 
 from agentserver.errors import Unavailable
 from agentserver.storage.base import (
@@ -46,6 +46,9 @@ from agentserver.storage.base import (
 from agentserver.storage.sqlite import assistants, runs, schema, threads
 from agentserver.storage.sqlite.saver import DurableMemorySaver
 from agentserver.storage.sqlite.search import sqlite_json_contains
+
+if TYPE_CHECKING:
+    from langgraph.store.sqlite.base import SqliteIndexConfig
 
 T = TypeVar("T")
 
@@ -65,8 +68,8 @@ class EmbeddedStorage(Storage):
         self,
         path: str | os.PathLike[str] = ".agentserver",
         *,
-        store_index: dict[str, Any] | None = None,
-        store_ttl: dict[str, Any] | None = None,
+        store_index: SqliteIndexConfig | None = None,
+        store_ttl: TTLConfig | None = None,
     ) -> None:
         self.path = Path(path)
         self._store_index = store_index

@@ -15,7 +15,7 @@ from agentserver.utils import loads
 from agentserver.worker import Worker
 from agentserver.worker.job import Job
 from agentserver.worker.webhook import webhook_body
-from tests.server import TEST_GRAPHS
+from tests.harness import TEST_GRAPHS
 
 
 async def _runtime(tmp_path):

@@ -20,10 +20,10 @@ from langgraph_sdk import get_client
 from langgraph_sdk.schema import Command
 
 from agentserver.storage.postgres.migrate import load_migrations
-from tests.harness import _pg_bin
-from tests.server import ScaledCluster
+from tests.harness import pg_bin
+from tests.harness import ScaledCluster
 
-DUMP = Path(__file__).parent / "fixtures" / "postgres-release-0.1.sql"
+DUMP = Path(__file__).parents[1] / "fixtures" / "postgres-release-0.1.sql"
 ASSISTANT = "5b0f8a4e-0000-4000-8000-000000000001"
 ECHO_THREAD = "5b0f8a4e-0000-4000-8000-0000000000a1"
 HITL_THREAD = "5b0f8a4e-0000-4000-8000-0000000000a2"
@@ -39,7 +39,7 @@ def _schema_migrations(uri: str) -> dict[str, tuple[str, str]]:
 def release_db(postgres_server) -> str:
     uri = postgres_server.create_database(f"release_0_1_{uuid.uuid4().hex[:12]}")
     subprocess.run(
-        [_pg_bin("psql"), uri, "-q", "-v", "ON_ERROR_STOP=1", "-f", str(DUMP)],
+        [pg_bin("psql"), uri, "-q", "-v", "ON_ERROR_STOP=1", "-f", str(DUMP)],
         check=True,
         stdout=subprocess.DEVNULL,
     )

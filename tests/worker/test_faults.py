@@ -14,7 +14,7 @@ import pytest
 from langgraph_sdk import get_client
 
 from tests.harness import PostgresServer, RedisServer
-from tests.server import ScaledCluster
+from tests.harness import ScaledCluster
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ async def test_postgres_restart_under_load(infra):
 
 async def test_api_server_waits_for_postgres_at_start_up(tmp_path):
     """An API server started before its database comes up waits for it, then serves."""
-    from tests.server import ServerProcess
+    from tests.harness import ServerProcess
 
     pg = PostgresServer()
     redis = RedisServer().start()

@@ -31,7 +31,7 @@ REQUEST_TIMEOUT = 10.0
 @pytest.fixture(scope="module", params=["embedded", "scaled"])
 def fuzz_url(request):
     """A fresh server of each shape (like the `server` fixture in conftest.py), for this module only."""
-    from tests.server import ScaledCluster, ServerProcess
+    from tests.harness import ScaledCluster, ServerProcess
 
     if request.param == "embedded":
         proc = ServerProcess("dev").start()

@@ -20,7 +20,7 @@ import pytest
 from langgraph_sdk import get_client
 
 from tests.harness import free_port
-from tests.server import ROOT, ServerProcess
+from tests.harness import ROOT, ServerProcess
 
 EXAMPLES = ROOT / "examples" / "langgraph.json"
 
@@ -227,7 +227,7 @@ async def test_ctrl_c_twice_stops_at_once_and_runs_resume(tmp_path):
 
 
 async def test_worker_second_sigterm_stops_at_once(postgres_server, redis_server):
-    from tests.server import ScaledCluster
+    from tests.harness import ScaledCluster
 
     cluster = ScaledCluster(
         postgres_server.create_database("startup_worker_signals"), redis_server.uri, n_api=1, n_workers=1,

@@ -12,7 +12,7 @@ import pytest
 from langgraph_sdk import get_client
 
 from tests.harness import PostgresServer, RedisServer
-from tests.server import ServerProcess
+from tests.harness import ServerProcess
 
 
 def _status(exc: pytest.ExceptionInfo) -> int:

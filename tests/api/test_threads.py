@@ -393,7 +393,7 @@ async def runtime(tmp_path):
     from agentserver.graphs import GraphRegistry
     from agentserver.runtime import build_embedded
     from agentserver.settings import Settings
-    from tests.server import TEST_GRAPHS
+    from tests.harness import TEST_GRAPHS
 
     graphs = await GraphRegistry.afrom_config(load_config(str(TEST_GRAPHS)))
     rt = build_embedded(Settings(thread_ttl_sweep_secs=0.05, n_jobs_per_worker=1), graphs, tmp_path)

@@ -254,9 +254,9 @@ async def test_acknowledged_writes_survive_a_crash(tmp_path: Path, db: Path, ope
         textwrap.dedent(
             f"""
             import asyncio, os, signal, sys
-            sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+            sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
             from langgraph.types import Command
-            from tests.test_embedded_checkpointer import build_graph, cfg
+            from tests.storage.test_embedded_checkpointer import build_graph, cfg
             from agentserver.storage.sqlite.saver import DurableMemorySaver
 
             async def main():
@@ -382,9 +382,9 @@ async def test_crash_in_the_middle_of_a_group_commit(tmp_path: Path, db: Path, o
         textwrap.dedent(
             f"""
             import asyncio, os, signal, sys
-            sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+            sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
             from langgraph.types import Command
-            from tests.test_embedded_checkpointer import FaultyConnection, build_graph, cfg
+            from tests.storage.test_embedded_checkpointer import FaultyConnection, build_graph, cfg
             from agentserver.storage.sqlite.saver import DurableMemorySaver
 
             async def main():

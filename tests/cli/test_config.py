@@ -12,7 +12,7 @@ import pytest
 
 from agentserver.config import ConfigError, apply_env, load_config
 
-GRAPHS_DIR = Path(__file__).parent / "graphs"
+GRAPHS_DIR = Path(__file__).parents[1] / "graphs"
 
 
 def write(tmp_path: Path, data, name: str = "langgraph.json") -> Path:
@@ -234,7 +234,7 @@ def test_every_variable_of_the_reference_is_implemented_or_named():
     from agentserver import settings as settings_mod
 
     names = set(REFERENCE_ENV)
-    for reference in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
+    for reference in (Path(__file__).resolve().parents[3] / "shared", Path("/work/shared")):
         reference = reference / "seeds" / "agent-server-env-vars.md"
         if reference.exists():  # the list below is that file's headings
             assert set(re.findall(r"^## `([A-Z0-9_]+)`", reference.read_text(), re.M)) == names

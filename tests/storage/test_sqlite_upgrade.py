@@ -17,9 +17,9 @@ from langgraph_sdk import get_client
 from langgraph_sdk.schema import Command
 
 from agentserver.storage import migrations
-from tests.server import ServerProcess
+from tests.harness import ServerProcess
 
-FIXTURE = Path(__file__).parent / "fixtures" / "embedded-release-0.1"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "embedded-release-0.1"
 ASSISTANT = "a0000000-0000-4000-8000-000000000001"
 THREAD_ECHO = "10000000-0000-4000-8000-000000000001"
 THREAD_HITL = "10000000-0000-4000-8000-000000000002"

@@ -13,10 +13,21 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import free_port
+from tests.harness.backends import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEST_GRAPHS = ROOT / "tests" / "graphs" / "langgraph.json"
+
+
+def agentserver_args(command: str, config: Path, *, port: int | None, data_dir: Path | None = None) -> list[str]:
+    """The command line of one `agentserver <command>` process on loopback (a worker listens only
+    for its health check, when given a port)."""
+    args = [sys.executable, "-m", "agentserver", command, "--config", str(config)]
+    if command == "dev" and data_dir is not None:
+        args += ["--data-dir", str(data_dir)]
+    if port is not None:
+        args += ["--host", "127.0.0.1", "--port", str(port)]
+    return args
 
 
 class ServerProcess:
@@ -47,15 +58,12 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> "ServerProcess":
-        args = [sys.executable, "-m", "agentserver", self.command, "--config", str(self.config)]
-        if self.command == "dev":
-            if self.data_dir is None:
-                self.data_dir = Path(tempfile.mkdtemp(prefix="agentserver-data-"))
-            args += ["--data-dir", str(self.data_dir)]
-        if self.command in ("dev", "serve"):
-            args += ["--host", "127.0.0.1", "--port", str(self.port)]
-        elif self.health:
-            args += ["--host", "127.0.0.1", "--port", str(self.port)]
+        if self.command == "dev" and self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="agentserver-data-"))
+        listens = self.command in ("dev", "serve") or self.health
+        args = agentserver_args(
+            self.command, self.config, port=self.port if listens else None, data_dir=self.data_dir
+        )
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, cwd=str(ROOT), env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout

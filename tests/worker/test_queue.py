@@ -12,7 +12,7 @@ import httpx
 import pytest
 from langgraph_sdk import get_client
 
-from tests.server import ServerProcess
+from tests.harness import ServerProcess
 
 
 @pytest.fixture

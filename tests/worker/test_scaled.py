@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from langgraph_sdk import get_client
 
-from tests.server import ScaledCluster
+from tests.harness import ScaledCluster
 
 
 @pytest.fixture

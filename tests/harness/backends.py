@@ -36,7 +36,7 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s")
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
@@ -90,7 +90,7 @@ class PostgresServer(_LocalServer):
         data = self.dir / "data"
         if not data.exists():
             subprocess.run(
-                [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
+                [pg_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
                 check=True,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -98,7 +98,7 @@ class PostgresServer(_LocalServer):
             )
         self.proc = subprocess.Popen(
             [
-                _pg_bin("postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
+                pg_bin("postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
                 "-k", str(self.dir), "-c", "fsync=off", "-c", "synchronous_commit=off",
                 "-c", "full_page_writes=off", "-c", "max_connections=500",
                 "-c", "shared_buffers=256MB",
@@ -112,7 +112,7 @@ class PostgresServer(_LocalServer):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             r = subprocess.run(
-                [_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                [pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
                 stdout=subprocess.DEVNULL,
             )
             if r.returncode == 0:
@@ -134,7 +134,7 @@ class PostgresServer(_LocalServer):
 
     def create_database(self, name: str) -> str:
         subprocess.run(
-            [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
+            [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
              "-c", f'CREATE DATABASE "{name}"'],
             check=True,
             stdout=subprocess.DEVNULL,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "graphs"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "graphs"))
 from factory_forms import FACTORY_LOG_DIR  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

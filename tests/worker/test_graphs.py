@@ -23,7 +23,7 @@ from agentserver.config import apply_env, load_config
 from agentserver.errors import GraphLoadError, InvalidInput
 from agentserver.graphs import GraphNotFound, GraphRegistry, system_assistant_id
 
-GRAPHS_DIR = Path(__file__).parent / "graphs"
+GRAPHS_DIR = Path(__file__).parents[1] / "graphs"
 # Every graph declared in the test project, in declaration order.
 ALL_TEST_GRAPHS = list(json.loads((GRAPHS_DIR / "langgraph.json").read_text())["graphs"])
 
