@@ -270,22 +270,7 @@ class DurableMemorySaver(CheckpointRemovals, InMemorySaver):
                 ops.append(("blob", (*key, typed[0], typed[1])))
             self.storage[thread_id][checkpoint_ns][checkpoint_id] = (ckpt_typed, meta_typed, parent_id)
             self._ix.set_ckpt_run((thread_id, checkpoint_ns, checkpoint_id), run_id)
-            ops.append(
-                (
-                    "ckpt",
-                    (
-                        thread_id,
-                        checkpoint_ns,
-                        checkpoint_id,
-                        parent_id,
-                        ckpt_typed[0],
-                        ckpt_typed[1],
-                        meta_typed[0],
-                        meta_typed[1],
-                        run_id,
-                    ),
-                )
-            )
+            ops.append(_ckpt_op(thread_id, checkpoint_ns, checkpoint_id, parent_id, ckpt_typed, meta_typed, run_id))
             self._journal.enqueue(ops)
         return {
             "configurable": {
@@ -394,22 +379,7 @@ class DurableMemorySaver(CheckpointRemovals, InMemorySaver):
                     self.storage[dst][checkpoint_ns][checkpoint_id] = entry
                     run_id = self._ix.ckpt_run.get((src, checkpoint_ns, checkpoint_id))
                     self._ix.set_ckpt_run((dst, checkpoint_ns, checkpoint_id), run_id)
-                    ops.append(
-                        (
-                            "ckpt",
-                            (
-                                dst,
-                                checkpoint_ns,
-                                checkpoint_id,
-                                parent_id,
-                                ckpt_typed[0],
-                                ckpt_typed[1],
-                                meta_typed[0],
-                                meta_typed[1],
-                                run_id,
-                            ),
-                        )
-                    )
+                    ops.append(_ckpt_op(dst, checkpoint_ns, checkpoint_id, parent_id, ckpt_typed, meta_typed, run_id))
             for outer in list(self._ix.thread_writes.get(src, ())):
                 stored = self.writes.get(outer)
                 if not stored:
@@ -494,3 +464,19 @@ class DurableMemorySaver(CheckpointRemovals, InMemorySaver):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self.prune(thread_ids, strategy=strategy)
+
+
+def _ckpt_op(
+    thread_id: str,
+    checkpoint_ns: str,
+    checkpoint_id: str,
+    parent_id: str | None,
+    ckpt_typed: tuple[str, bytes],
+    meta_typed: tuple[str, bytes],
+    run_id: str | None,
+) -> Op:
+    """The journal entry that writes one checkpoint row."""
+    return (
+        "ckpt",
+        (thread_id, checkpoint_ns, checkpoint_id, parent_id, *ckpt_typed, *meta_typed, run_id),
+    )
