@@ -343,10 +343,12 @@ class ThreadService:
     # ---- the thread's graph ----------------------------------------------------------------
     async def _graph_config(
         self, thread: Record, checkpoint: dict[str, Any] | None = None, *, read_only: bool = False
-    ) -> tuple[str, dict[str, Any]] | None:
-        """(graph_id, config) to read or write the thread's state, or None if it has no graph.
+    ) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+        """(graph_id, config, context) to read or write the thread's state, or None if it has no
+        graph.
 
-        The config is the thread's assistant's, under the thread's. Reading the state of a
+        The config is the thread's assistant's, under the thread's; the context is the
+        assistant's (what a state update runs the node's writers with). Reading the state of a
         graph compiled once does not depend on it, so `read_only` skips that lookup unless the
         graph is built per run by a factory (whose shape may follow the config)."""
         metadata = thread.get("metadata") or {}
@@ -358,12 +360,14 @@ class ThreadService:
                 f"Thread '{thread['thread_id']}' belongs to graph '{graph_id}', which this server does not serve"
             )
         base: dict[str, Any] = {}
+        context: dict[str, Any] = {}
         assistant_id = metadata.get("assistant_id")
         shaped_by_config = not read_only or self.graphs.is_factory(graph_id)
         if shaped_by_config and assistant_id and is_uuid(str(assistant_id)):
             assistant = await self.storage.assistant_get(str(assistant_id))
             if assistant is not None and assistant.get("graph_id") == graph_id:
                 base = copy.deepcopy(assistant.get("config") or {})
+                context = assistant.get("context") or {}
         thread_config = thread.get("config") or {}
         config = {**base, **{k: v for k, v in thread_config.items() if k != "configurable"}}
         configurable = {
@@ -379,7 +383,7 @@ class ThreadService:
             if key != "thread_id" and value is not None:
                 configurable[key] = value
         config["configurable"] = configurable
-        return graph_id, config
+        return graph_id, config, context
 
     @asynccontextmanager
     async def _graph(self, graph_id: str, config: dict[str, Any], access: AccessContext = READ) -> AsyncIterator[Any]:
@@ -406,7 +410,7 @@ class ThreadService:
         setup = await self._graph_config(thread, checkpoint, read_only=True)
         if setup is None:
             return empty_state({**checkpoint, "thread_id": thread_id} if checkpoint else None)
-        graph_id, config = setup
+        graph_id, config, _ = setup
         async with self._graph(graph_id, config) as graph:
             snapshot = await graph.aget_state(config, subgraphs=subgraphs)
         return snapshot_to_dict(snapshot)
@@ -426,7 +430,7 @@ class ThreadService:
         setup = await self._graph_config(thread, checkpoint, read_only=True)
         if setup is None:
             return []
-        graph_id, config = setup
+        graph_id, config, _ = setup
         before_config = None
         if before:
             ref: dict[str, Any] = {"checkpoint_id": before} if isinstance(before, str) else dict(before)
@@ -462,9 +466,9 @@ class ThreadService:
         setup = await self._graph_config(thread, checkpoint)
         if setup is None:
             raise BadRequest(_NO_GRAPH.format(thread_id=thread_id))
-        graph_id, config = setup
+        graph_id, config, context = setup
         async with self._graph(graph_id, config, UPDATE) as graph:
-            config = await self._with_runtime(graph, thread, config)
+            config = self._with_runtime(graph, config, context)
             written = await graph.aupdate_state(config, values, as_node=as_node)
             await self._mirror(graph, thread)
         conf = written.get("configurable") or {}
@@ -477,7 +481,7 @@ class ThreadService:
     async def _apply_supersteps(self, thread: Record, supersteps: list[dict[str, Any]]) -> None:
         setup = await self._graph_config(thread)
         assert setup is not None  # create() checked metadata.graph_id
-        graph_id, config = setup
+        graph_id, config, context = setup
         steps = [
             [
                 StateUpdate(
@@ -490,19 +494,13 @@ class ThreadService:
             for step in supersteps
         ]
         async with self._graph(graph_id, config, UPDATE) as graph:
-            config = await self._with_runtime(graph, thread, config)
+            config = self._with_runtime(graph, config, context)
             await graph.abulk_update_state(config, steps)
             await self._mirror(graph, thread)
 
-    async def _with_runtime(self, graph: Any, thread: Record, config: dict[str, Any]) -> dict[str, Any]:
+    def _with_runtime(self, graph: Any, config: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
         """`config` carrying the LangGraph runtime a state update runs the node's writers (and
         its edges) with: the thread's assistant's context, built as for a run, and the store."""
-        context: dict[str, Any] = {}
-        assistant_id = (thread.get("metadata") or {}).get("assistant_id")
-        if assistant_id and is_uuid(str(assistant_id)):
-            assistant = await self.storage.assistant_get(str(assistant_id))
-            if assistant is not None:
-                context = assistant.get("context") or {}
         runtime = Runtime(context=coerce_context(graph, context), store=self.storage.store)
         return {**config, "configurable": {**config["configurable"], CONFIG_KEY_RUNTIME: runtime}}
 
