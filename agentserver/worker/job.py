@@ -146,10 +146,13 @@ class Job:
             )
         )
 
-    async def _final_state(self, log_) -> tuple[Any, dict | None, bool]:
+    async def _final_state(self, failure: BaseException | None, log_) -> tuple[Any, dict | None, bool]:
         """The thread's state after the run, read through its graph. When the graph cannot be
-        built (a factory that raises: the run never started), the thread's state is left as it
-        is; Postgres or Redis unreachable propagates (the run's lease runs out and it is retried)."""
+        built (a factory that raises: the run never started; `failure` says so already, or the
+        read finds out), the thread's state is left as it is; Postgres or Redis unreachable
+        propagates (the run's lease runs out and it is retried)."""
+        if isinstance(failure, GraphLoadError):
+            return None, None, False
         try:
             return await read_final_state(self.worker.graphs, self.worker.storage, self.spec)
         except GraphLoadError as exc:
@@ -179,7 +182,7 @@ class Job:
 
         if reason == "rollback":
             await storage.checkpointer.adelete_for_runs([self.run_id])
-        values, interrupts, has_next = await self._final_state(log_)
+        values, interrupts, has_next = await self._final_state(exc, log_)
         await storage.checkpoint_barrier()
         error = None
         if reason in ("interrupt", "rollback"):
